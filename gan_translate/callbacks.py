@@ -1,0 +1,91 @@
+"""Lightning callbacks of our own: sample grids written as PNG and sent to image-capable loggers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid, save_image
+
+from gan_translate.data.transforms import to_unit_range
+
+
+def sample_grid(visuals: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One row per image, one column per visual (e.g. input | output | target), in [0, 1]."""
+    columns = [to_unit_range(images.detach().float().cpu()) for images in visuals.values()]
+    columns = [c.expand(-1, 3, -1, -1) if c.size(1) == 1 else c for c in columns]  # grayscale next to RGB
+    rows = torch.stack(columns, dim=1).flatten(0, 1)
+    return make_grid(rows, nrow=len(columns), padding=2, pad_value=1.0)
+
+
+class SampleGrid(pl.Callback):
+    """After validation, translate a fixed set of validation images and save ``samples/epoch_XXXX.png``.
+
+    The set is the first ``num_images`` of the first validation batches (or of the first training
+    batch when there is no validation), so grids of successive epochs are comparable.
+    """
+
+    def __init__(self, dirpath: str, num_images: int = 4, every_n_epochs: int = 1) -> None:
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self.fixed_batch: dict | None = None
+
+    def _keep(self, batch: dict) -> None:
+        if self.fixed_batch is None:
+            self.fixed_batch = {k: v[: self.num_images].detach().cpu() for k, v in batch.items() if torch.is_tensor(v)}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self._keep(batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0 and not trainer.val_dataloaders:
+            self._keep(batch)
+            self._write(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if self.fixed_batch is None or epoch % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        batch = {k: v.to(pl_module.device) for k, v in self.fixed_batch.items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            visuals = pl_module.visuals(batch)
+            grid = sample_grid(visuals)
+        pl_module.train(was_training)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        save_image(grid, self.dirpath / f"epoch_{epoch:04d}.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="samples", images=[grid], caption=[" | ".join(visuals)])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, global_step=epoch)
+
+
+class ValidationHistory(pl.Callback):
+    """Keeps each validation's logged metrics, so a run can report how a metric moved."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.epochs.append({"epoch": trainer.current_epoch, **metrics})
+
+    def values(self, metric: str) -> list[float]:
+        return [epoch[metric] for epoch in self.epochs if metric in epoch]
+
+    def summary(self, metric: str) -> str | None:
+        values = self.values(metric)
+        if not values:
+            return None
+        return f"{metric}: first validation {values[0]:.4f}, best {min(values):.4f}, last {values[-1]:.4f}"

@@ -1,0 +1,77 @@
+"""Build models from a composed config, and rebuild them from a checkpoint alone.
+
+Every checkpoint written by a GANModule carries the run's full, resolved config under
+``checkpoint["gan_translate"]``: predict/evaluate/export rebuild the exact architecture from it, so no
+flag has to be repeated (the reference repo's most frequent user error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gan_translate.models.base import CHECKPOINT_KEY, GANModule
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable gan_translate checkpoint; the message says why."""
+
+
+def build_model(cfg: DictConfig | dict) -> GANModule:
+    """Instantiate ``cfg.model`` and attach the whole config so it is saved in every checkpoint."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    model = instantiate(cfg.model, _convert_="partial")
+    if not isinstance(model, GANModule):
+        raise TypeError(f"model._target_ must build a gan_translate GANModule, got {type(model).__name__}")
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return model
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``: no code runs) and check that it is ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is not a gan_translate checkpoint (no '{CHECKPOINT_KEY}' entry with the run config); "
+            "use a .ckpt written by `python -m gan_translate.train`"
+        )
+    if not checkpoint[CHECKPOINT_KEY].get("config"):
+        raise CheckpointError(f"{path} has no stored run config; it was not written by gan_translate.train")
+    return checkpoint
+
+
+def load_state(model: GANModule, state_dict: dict, source: str) -> None:
+    """``load_state_dict`` with an error that lists which keys differ or have other shapes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or reshaped:
+        details = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)):
+            if keys:
+                details.append(f"{label}: {len(keys)} keys, e.g. {keys[:4]}")
+        raise CheckpointError(
+            f"{source} does not match {type(model).__name__} as configured ({'; '.join(details)})"
+        )
+    model.load_state_dict(state_dict)
+
+
+def model_from_checkpoint(path: str | Path, expected: type[GANModule] | None = None) -> GANModule:
+    """Rebuild the model of a run from its checkpoint alone, in eval mode on the CPU."""
+    checkpoint = load_checkpoint(path)
+    info = checkpoint[CHECKPOINT_KEY]
+    if expected is not None and not issubclass(get_class(info["model_class"]), expected):
+        raise CheckpointError(f"{path} holds a {info['model_class']}, not a {expected.__name__}")
+    model = build_model(info["config"])
+    load_state(model, checkpoint["state_dict"], str(path))
+    return model.eval()

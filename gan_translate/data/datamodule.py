@@ -1,0 +1,191 @@
+"""LightningDataModules: one base that owns loaders and preprocessing, one subclass per data layout.
+
+Subclasses only say how to build a split's dataset (``make_dataset``); batch size, workers and the
+paired/unpaired preprocessing are shared. Validation uses ``val`` when it exists, else ``test``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from gan_translate.data.datasets import (
+    DIRECTIONS,
+    AlignedDataset,
+    DataError,
+    PairedFoldersDataset,
+    UnalignedDataset,
+)
+from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
+from gan_translate.data.transforms import build_transform
+
+
+class TranslationDataModule(pl.LightningDataModule):
+    """Shared loaders and preprocessing. ``input_nc``/``output_nc`` are read by the model config."""
+
+    paired: bool = True
+
+    def __init__(
+        self,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        preprocess: str = "resize_and_crop",
+        load_size: int = 286,
+        crop_size: int = 256,
+        flip: bool = True,
+        val_batch_size: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_batch_size = val_batch_size or batch_size
+        self.input_nc, self.output_nc = input_nc, output_nc
+        self.preprocess, self.load_size, self.crop_size, self.flip = preprocess, load_size, crop_size, flip
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        build_transform(preprocess)  # validates the preprocess name before any data is touched
+
+    def transform(self, train: bool):
+        return build_transform(self.preprocess, self.load_size, self.crop_size, self.flip, train)
+
+    def make_dataset(self, split: str, train: bool) -> Dataset | None:
+        """The dataset of ``split``, or None if that split does not exist."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = self.make_dataset("train", train=True)
+            if self.train_set is None:
+                raise DataError(f"{type(self).__name__}: no training split found")
+        if stage in ("fit", "validate", None) and self.val_set is None:
+            self.val_set = self.make_dataset("val", train=False) or self.make_dataset("test", train=False)
+        if stage in ("test", None) and self.test_set is None:
+            self.test_set = self.make_dataset("test", train=False)
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
+        if dataset is None:
+            return []
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=shuffle and self.drop_last,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.val_batch_size, shuffle=False)
+
+
+def _require_root(root: str | Path | None) -> Path:
+    if root is None or str(root) in ("", "???"):
+        raise DataError("data.root is not set: pass data.root=PATH to the dataset folder")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root: folder {root} does not exist")
+    return root
+
+
+class AlignedDataModule(TranslationDataModule):
+    """pix2pix A|B images under ``root/train``, ``root/val``, ``root/test``."""
+
+    def __init__(self, root: str, direction: str = "AtoB", square_halves: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if direction not in DIRECTIONS:
+            raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.root, self.direction, self.square_halves = _require_root(root), direction, square_halves
+
+    def make_dataset(self, split: str, train: bool) -> Dataset | None:
+        if not (self.root / split).is_dir():
+            return None
+        return AlignedDataset(
+            self.root, split, self.direction, self.input_nc, self.output_nc, self.transform(train),
+            self.square_halves,
+        )
+
+
+class PairedFoldersDataModule(AlignedDataModule):
+    """Paired images in two folders ``root/{split}A`` and ``root/{split}B`` with matching file names."""
+
+    def make_dataset(self, split: str, train: bool) -> Dataset | None:
+        if not (self.root / f"{split}A").is_dir() and not (self.root / f"{split}B").is_dir():
+            return None
+        return PairedFoldersDataset(
+            self.root, split, self.direction, self.input_nc, self.output_nc, self.transform(train)
+        )
+
+
+class UnalignedDataModule(TranslationDataModule):
+    """CycleGAN folders ``root/trainA``, ``root/trainB`` (+ ``valA/valB`` or ``testA/testB``)."""
+
+    paired = False
+
+    def __init__(self, root: str, serial: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.root, self.serial = _require_root(root), serial
+        for domain in "AB":
+            if not (self.root / f"train{domain}").is_dir():
+                raise DataError(
+                    f"CycleGAN data under {self.root} needs both trainA/ and trainB/; train{domain}/ is missing"
+                )
+
+    def make_dataset(self, split: str, train: bool) -> Dataset | None:
+        if not any((self.root / f"{split}{domain}").is_dir() for domain in "AB"):
+            return None
+        transform = self.transform(train)
+        # Evaluation pairs A and B in order so that runs are reproducible.
+        return UnalignedDataset(
+            self.root, split, self.input_nc, self.output_nc, transform, transform, self.serial or not train
+        )
+
+
+class SyntheticFacadesDataModule(TranslationDataModule):
+    """The embedded paired default: procedural label maps -> facade photos (no files needed)."""
+
+    def __init__(
+        self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0,
+        direction: str = "AtoB", **kwargs,
+    ) -> None:
+        kwargs.setdefault("preprocess", "none")
+        super().__init__(**kwargs)
+        self.size, self.seed, self.direction = size, seed, direction
+        self.lengths = {"train": train_length, "val": val_length, "test": val_length}
+
+    def make_dataset(self, split: str, train: bool) -> Dataset | None:
+        return SyntheticFacades(self.lengths[split], self.size, split, self.seed, self.direction, self.transform(train))
+
+
+class SyntheticShapesDataModule(TranslationDataModule):
+    """The embedded unpaired default: plain shapes (A) <-> striped shapes (B)."""
+
+    paired = False
+
+    def __init__(
+        self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0, **kwargs
+    ) -> None:
+        kwargs.setdefault("preprocess", "none")
+        super().__init__(**kwargs)
+        self.size, self.seed = size, seed
+        self.lengths = {"train": train_length, "val": val_length, "test": val_length}
+
+    def make_dataset(self, split: str, train: bool) -> Dataset | None:
+        transform = self.transform(train)
+        return SyntheticShapes(self.lengths[split], self.size, split, self.seed, transform, transform)

@@ -1,0 +1,193 @@
+"""Datasets. Every item is a dict ``{"A": tensor, "B": tensor, "name": str}`` with images in [-1, 1].
+
+Paired datasets put the translation's *input* under "A" and its *target* under "B" (``direction``
+swaps the halves on disk); unpaired datasets return one image of each domain.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+class DataError(ValueError):
+    """Bad data on disk: names the file or folder and what was expected."""
+
+
+def list_images(folder: str | Path, what: str = "images") -> list[Path]:
+    """Sorted image files in ``folder``; a clear error if it is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what}: folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"{what}: folder {folder} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def image_mode(channels: int) -> str:
+    if channels not in (1, 3):
+        raise DataError(f"input_nc/output_nc must be 1 (grayscale) or 3 (RGB), got {channels}")
+    return "L" if channels == 1 else "RGB"
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open and fully decode an image, naming the file when it is corrupt or truncated."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from error
+
+
+def convert(image: Image.Image, channels: int) -> Image.Image:
+    """Bring grayscale, RGBA, palette and 16-bit images to the configured channel count."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit: scale to 8 bits instead of clipping (PIL's convert("L") clips at 255).
+        image = image.point(lambda value: value / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA").convert("RGB") if channels == 3 else image.convert("L")
+    return image.convert(image_mode(channels))
+
+
+class AlignedDataset(Dataset):
+    """pix2pix layout: ``root/split/*.jpg``, each image A and B side by side (A left).
+
+    Image headers are checked up front so a wrong file fails before training, not hours into it.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        direction: str = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        transform: Callable | None = None,
+        square_halves: bool = True,
+    ) -> None:
+        if direction not in DIRECTIONS:
+            raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.files = list_images(Path(root) / split, what=f"aligned A|B {split} split")
+        self.direction = direction
+        self.input_nc, self.output_nc = input_nc, output_nc
+        self.transform = transform
+        for path in self.files:
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            except (OSError, UnidentifiedImageError) as error:
+                raise DataError(f"cannot read image {path}: {error}") from error
+            if width % 2 or (square_halves and width != 2 * height):
+                raise DataError(
+                    f"{path} is {width}x{height}; an A|B image must hold two halves side by side"
+                    + (" (width = 2 x height)" if square_halves else " (even width)")
+                    + ". Set data.square_halves=false for non-square halves."
+                )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        image = read_image(path)
+        half = image.width // 2
+        left, right = image.crop((0, 0, half, image.height)), image.crop((half, 0, image.width, image.height))
+        source, target = (left, right) if self.direction == "AtoB" else (right, left)
+        source = TF.to_image(convert(source, self.input_nc))
+        target = TF.to_image(convert(target, self.output_nc))
+        if self.transform is not None:
+            source, target = self.transform(source, target)
+        return {"A": source, "B": target, "name": path.stem}
+
+
+class PairedFoldersDataset(Dataset):
+    """Pairs from two folders, ``root/{split}A`` and ``root/{split}B``, matched by file stem."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        direction: str = "AtoB",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        transform: Callable | None = None,
+    ) -> None:
+        if direction not in DIRECTIONS:
+            raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+        files_a = {p.stem: p for p in list_images(Path(root) / f"{split}A", what=f"domain A {split} split")}
+        files_b = {p.stem: p for p in list_images(Path(root) / f"{split}B", what=f"domain B {split} split")}
+        unmatched = sorted(set(files_a) ^ set(files_b))
+        if unmatched:
+            raise DataError(
+                f"paired folders under {root}: {len(unmatched)} file names appear in only one of "
+                f"{split}A/ and {split}B/, e.g. {unmatched[:5]}"
+            )
+        self.pairs = [(files_a[stem], files_b[stem]) for stem in sorted(files_a)]
+        if direction == "BtoA":
+            self.pairs = [(b, a) for a, b in self.pairs]
+        self.input_nc, self.output_nc = input_nc, output_nc
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        source_path, target_path = self.pairs[index]
+        source = TF.to_image(convert(read_image(source_path), self.input_nc))
+        target = TF.to_image(convert(read_image(target_path), self.output_nc))
+        if source.shape[-2:] != target.shape[-2:]:
+            target = TF.resize(target, list(source.shape[-2:]), antialias=True)
+        if self.transform is not None:
+            source, target = self.transform(source, target)
+        return {"A": source, "B": target, "name": source_path.stem}
+
+
+class UnalignedDataset(Dataset):
+    """CycleGAN layout: ``root/{split}A`` and ``root/{split}B``, unpaired.
+
+    Length is max(|A|, |B|); A is read in order, B at random (``serial=False``) so that every epoch
+    sees new pairings, or in order (``serial=True``) for reproducible evaluation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        input_nc: int = 3,
+        output_nc: int = 3,
+        transform_a: Callable | None = None,
+        transform_b: Callable | None = None,
+        serial: bool = False,
+    ) -> None:
+        self.files_a = list_images(Path(root) / f"{split}A", what=f"CycleGAN domain A ({split}A)")
+        self.files_b = list_images(Path(root) / f"{split}B", what=f"CycleGAN domain B ({split}B)")
+        self.input_nc, self.output_nc = input_nc, output_nc
+        self.transform_a, self.transform_b = transform_a, transform_b
+        self.serial = serial
+
+    def __len__(self) -> int:
+        return max(len(self.files_a), len(self.files_b))
+
+    def __getitem__(self, index: int) -> dict:
+        path_a = self.files_a[index % len(self.files_a)]
+        if self.serial:
+            path_b = self.files_b[index % len(self.files_b)]
+        else:
+            path_b = self.files_b[random.randrange(len(self.files_b))]
+        image_a = TF.to_image(convert(read_image(path_a), self.input_nc))
+        image_b = TF.to_image(convert(read_image(path_b), self.output_nc))
+        if self.transform_a is not None:
+            image_a = self.transform_a(image_a)
+        if self.transform_b is not None:
+            image_b = self.transform_b(image_b)
+        return {"A": image_a, "B": image_b, "name": path_a.stem, "name_B": path_b.stem}

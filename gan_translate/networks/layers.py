@@ -1,0 +1,53 @@
+"""Normalisation layers and weight initialisation shared by generators and discriminators."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from torch import nn
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def norm_layer(norm: str) -> NormFactory:
+    """Return a factory ``channels -> nn.Module`` for ``batch``, ``instance`` or ``none``.
+
+    Instance norm has no affine parameters and no running stats, as in the CycleGAN paper; batch norm
+    keeps both, as in pix2pix.
+    """
+    if norm == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if norm == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"norm must be one of 'batch', 'instance', 'none', got {norm!r}")
+
+
+def uses_bias(norm: str) -> bool:
+    """A conv followed by batch norm needs no bias (the norm's shift replaces it); otherwise it does."""
+    return norm != "batch"
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> nn.Module:
+    """Initialise conv/linear weights in place (pix2pix/CycleGAN use N(0, 0.02)); norm weights ~ N(1, gain)."""
+    initialisers = {
+        "normal": lambda w: nn.init.normal_(w, 0.0, init_gain),
+        "xavier": lambda w: nn.init.xavier_normal_(w, gain=init_gain),
+        "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
+        "orthogonal": lambda w: nn.init.orthogonal_(w, gain=init_gain),
+    }
+    if init_type not in initialisers:
+        raise ValueError(f"init_type must be one of {sorted(initialisers)}, got {init_type!r}")
+    initialise = initialisers[init_type]
+
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            initialise(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d) and module.affine:
+            nn.init.normal_(module.weight, 1.0, init_gain)
+            nn.init.zeros_(module.bias)
+    return net

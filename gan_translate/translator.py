@@ -1,0 +1,144 @@
+"""Inference from a checkpoint alone: ``Translator.from_checkpoint(path)(image)``.
+
+Test-time behaviour is explicit (the reference's exports and test script differ silently here):
+- ``dropout=False`` (default) gives deterministic outputs; ``dropout=True`` keeps the U-Net's dropout
+  active, the pix2pix paper's test-time noise.
+- ``batch_stats=False`` (default) normalises with the running statistics learned in training;
+  ``batch_stats=True`` uses each input batch's own statistics, as the reference's test script does
+  (it never calls eval()), without changing the stored statistics.
+- ``size_policy`` for sizes the generator cannot take as they are (U-Net 256 needs multiples of 256):
+  ``pad`` reflect-pads to the next multiple and crops back (keeps the pixel scale, default);
+  ``resize`` resizes to the nearest multiple and back; ``train_size`` resizes to the training
+  crop size and back (the scale the model saw in training).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from gan_translate.checkpoint import model_from_checkpoint
+from gan_translate.data.datasets import convert
+from gan_translate.data.transforms import to_unit_range
+
+SIZE_POLICIES = ("pad", "resize", "train_size")
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Translator:
+    """Runs one generator of a trained model on PIL images or tensors in [-1, 1]."""
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        input_nc: int = 3,
+        size_divisor: int | None = None,
+        train_size: int | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "32",
+        dropout: bool = False,
+        batch_stats: bool = False,
+        size_policy: str = "pad",
+        config: dict | None = None,
+    ) -> None:
+        if size_policy not in SIZE_POLICIES:
+            raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
+        if precision not in ("32", "bf16", "16"):
+            raise ValueError(f"precision must be '32', 'bf16' or '16', got {precision!r}")
+        self.device = _resolve_device(device)
+        self.generator = self._inference_copy(generator, dropout, batch_stats).to(self.device)
+        self.input_nc = input_nc
+        self.size_divisor = size_divisor or getattr(generator, "size_divisor", 1)
+        self.train_size = train_size
+        self.size_policy = size_policy
+        self.dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+        self.config = config or {}
+
+    @staticmethod
+    def _inference_copy(generator: nn.Module, dropout: bool, batch_stats: bool) -> nn.Module:
+        generator = copy.deepcopy(generator).eval()
+        for module in generator.modules():
+            if dropout and isinstance(module, nn.Dropout):
+                module.train()
+            if batch_stats and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
+                module.momentum = 0.0  # use the batch's statistics, leave the stored ones untouched
+        for parameter in generator.parameters():
+            parameter.requires_grad_(False)
+        return generator
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, direction: str | None = None, **kwargs) -> Translator:
+        """``direction``: CycleGAN AtoB (default) or BtoA; pix2pix translates its trained direction only."""
+        model = model_from_checkpoint(path)
+        config = model.run_config or {}
+        data = config.get("data", {})
+        generator = model.generator_for(direction)
+        return cls(
+            generator,
+            input_nc=model.source_channels(direction),
+            train_size=data.get("crop_size") if data.get("preprocess", "none") != "none" else data.get("size"),
+            config=config,
+            **kwargs,
+        )
+
+    # ----- tensors -----
+    @torch.no_grad()
+    def translate(self, images: torch.Tensor) -> torch.Tensor:
+        """N x C x H x W (or C x H x W) in [-1, 1] -> same layout and size, in [-1, 1]."""
+        single = images.dim() == 3
+        batch = (images.unsqueeze(0) if single else images).to(self.device, torch.float32)
+        height, width = batch.shape[-2:]
+        batch, restore = self._fit_size(batch)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            output = self.generator(batch)
+        output = restore(output.float()).clamp(-1, 1)
+        assert output.shape[-2:] == (height, width)
+        return output[0] if single else output
+
+    def _fit_size(self, batch: torch.Tensor):
+        height, width = batch.shape[-2:]
+        d = self.size_divisor
+        if self.size_policy == "pad":
+            pad_h, pad_w = -height % d, -width % d
+            if not pad_h and not pad_w:
+                return batch, lambda out: out
+            # Reflection needs the pad to be smaller than the image; replicate covers tiny inputs.
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            padded = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
+            return padded, lambda out: out[..., :height, :width]
+        if self.size_policy == "train_size" and self.train_size:
+            size = [self.train_size, self.train_size]
+        else:
+            size = [max(d, round(height / d) * d), max(d, round(width / d) * d)]
+        if size == [height, width]:
+            return batch, lambda out: out
+        resized = TF.resize(batch, size, antialias=True)
+        return resized, lambda out: TF.resize(out, [height, width], antialias=True)
+
+    # ----- PIL -----
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        return TF.to_dtype(TF.to_image(convert(image, self.input_nc)), torch.float32, scale=True) * 2 - 1
+
+    @staticmethod
+    def to_pil(image: torch.Tensor) -> Image.Image:
+        return TF.to_pil_image(to_unit_range(image.cpu()))
+
+    def __call__(self, image: Image.Image | torch.Tensor | list[Image.Image]):
+        """PIL image -> PIL image; list of PIL images -> list; tensor in [-1, 1] -> tensor."""
+        if isinstance(image, torch.Tensor):
+            return self.translate(image)
+        if isinstance(image, list):
+            return [self(item) for item in image]
+        return self.to_pil(self.translate(self.to_tensor(image)))
