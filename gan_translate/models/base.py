@@ -98,7 +98,7 @@ class GANModule(pl.LightningModule):
         # Named so that LearningRateMonitor logs lr-generator, lr-discriminator, ...
         schedulers = [
             {"scheduler": self.scheduler_factory(optimizer), "name": f"lr-{name}", "interval": "epoch"}
-            for name, optimizer in zip(groups, optimizers)
+            for name, optimizer in zip(groups, optimizers, strict=True)
         ]
         return optimizers, schedulers
 

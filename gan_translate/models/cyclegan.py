@@ -1,0 +1,127 @@
+"""CycleGAN (Zhu et al. 2017): unpaired translation with two generators and two discriminators.
+
+    G_A: A -> B judged by D_A,   G_B: B -> A judged by D_B
+    L = L_GAN(G_A, D_A) + L_GAN(G_B, D_B)
+      + lambda_cycle * (|G_B(G_A(a)) - a|_1 + |G_A(G_B(b)) - b|_1)
+      + lambda_identity * lambda_cycle * (|G_A(b) - b|_1 + |G_B(a) - a|_1)
+
+Two optimizers, as in the authors' code: one over G_A+G_B, one over D_A+D_B (Adam is per-parameter,
+so this equals separate optimizers per network). Two optimizer steps per batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan_translate.losses import CycleGANLoss, gradient_penalty
+from gan_translate.models.base import GANModule, build_network
+from gan_translate.models.image_pool import ImagePool
+
+
+class CycleGAN(GANModule):
+    def __init__(
+        self,
+        generator: Callable[..., nn.Module],
+        discriminator: Callable[..., nn.Module],
+        loss: CycleGANLoss,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        pool_size: int = 50,
+        **kwargs,
+    ) -> None:
+        super().__init__(optimizer, scheduler, input_nc=input_nc, output_nc=output_nc, **kwargs)
+        if loss.lambda_identity > 0 and input_nc != output_nc:
+            raise ValueError(
+                f"identity loss needs input_nc == output_nc (got {input_nc} and {output_nc}); "
+                "set loss.lambda_identity=0"
+            )
+        self.generator_A = build_network(generator, input_nc=input_nc, output_nc=output_nc)
+        self.generator_B = build_network(generator, input_nc=output_nc, output_nc=input_nc)
+        self.discriminator_A = build_network(discriminator, input_nc=output_nc)  # real B vs G_A(A)
+        self.discriminator_B = build_network(discriminator, input_nc=input_nc)  # real A vs G_B(B)
+        self.loss = loss
+        self.fake_B_pool = ImagePool(pool_size)
+        self.fake_A_pool = ImagePool(pool_size)
+
+    def optimizer_groups(self):
+        return {
+            "generator": itertools.chain(self.generator_A.parameters(), self.generator_B.parameters()),
+            "discriminator": itertools.chain(self.discriminator_A.parameters(), self.discriminator_B.parameters()),
+        }
+
+    def generator_for(self, direction: str | None = None) -> nn.Module:
+        if direction not in (None, "AtoB", "BtoA"):
+            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
+        return self.generator_B if direction == "BtoA" else self.generator_A
+
+    def forward(self, real_a: torch.Tensor) -> torch.Tensor:
+        return self.generator_A(real_a)
+
+    def discriminator_loss(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        loss = self.loss.gan.discriminator_loss(discriminator(real), discriminator(fake))
+        if self.loss.uses_gradient_penalty:
+            loss = loss + self.loss.lambda_gp * gradient_penalty(discriminator, real, fake)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])
+        opt_g, opt_d = self.optimizers()
+        gan, l1 = self.loss.gan, F.l1_loss
+
+        # 1) Generators, with both discriminators fixed.
+        with self.updating(opt_g):
+            fake_b, fake_a = self.generator_A(real_a), self.generator_B(real_b)
+            rec_a, rec_b = self.generator_B(fake_b), self.generator_A(fake_a)
+            losses = {
+                "loss_G_A": gan.generator_loss(self.discriminator_A(fake_b)),
+                "loss_G_B": gan.generator_loss(self.discriminator_B(fake_a)),
+                "loss_cycle_A": self.loss.lambda_cycle * l1(rec_a.float(), real_a.float()),
+                "loss_cycle_B": self.loss.lambda_cycle * l1(rec_b.float(), real_b.float()),
+            }
+            if self.loss.lambda_identity > 0:
+                weight = self.loss.lambda_identity * self.loss.lambda_cycle
+                losses["loss_idt_A"] = weight * l1(self.generator_A(real_b).float(), real_b.float())
+                losses["loss_idt_B"] = weight * l1(self.generator_B(real_a).float(), real_a.float())
+            self.optimization_step(opt_g, sum(losses.values()))
+
+        # 2) Discriminators, on fakes drawn from the history pools.
+        with self.updating(opt_d):
+            losses["loss_D_A"] = self.discriminator_loss(self.discriminator_A, real_b, self.fake_B_pool.query(fake_b))
+            losses["loss_D_B"] = self.discriminator_loss(self.discriminator_B, real_a, self.fake_A_pool.query(fake_a))
+            self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"])
+
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])
+        rec_a = self.generator_B(self.generator_A(real_a))
+        rec_b = self.generator_A(self.generator_B(real_b))
+        cycle = 0.5 * (F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float()))
+        self.log("val/cycle_l1", cycle, prog_bar=True, sync_dist=True, batch_size=real_a.size(0))
+
+    @torch.no_grad()
+    def visuals(self, batch: dict) -> dict[str, torch.Tensor]:
+        real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])
+        fake_b, fake_a = self.generator_A(real_a), self.generator_B(real_b)
+        return {
+            "real_A": real_a, "fake_B": fake_b, "rec_A": self.generator_B(fake_b),
+            "real_B": real_b, "fake_A": fake_a, "rec_B": self.generator_A(fake_a),
+        }
+
+    # The pools are training state: saved so that a resumed run continues with the same history.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["image_pools"] = {"fake_A": self.fake_A_pool.state_dict(), "fake_B": self.fake_B_pool.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        pools = checkpoint.get("image_pools")
+        if pools:
+            self.fake_A_pool.load_state_dict(pools["fake_A"], self.device)
+            self.fake_B_pool.load_state_dict(pools["fake_B"], self.device)
