@@ -1,0 +1,115 @@
+"""Evaluate a folder of predictions against a folder of targets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .translation import TranslationMetrics
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+__all__ = ["IMAGE_EXTENSIONS", "evaluate_folders", "list_images", "load_image"]
+
+
+def list_images(folder: str | os.PathLike, what: str = "image folder") -> dict[str, Path]:
+    """Map file stem -> path for the images directly inside ``folder`` (not recursive).
+
+    Raises FileNotFoundError naming the folder if it is missing, not a directory, or holds no images, and
+    ValueError if two files share a stem (e.g. ``a.png`` and ``a.jpg``).
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a directory")
+    found: dict[str, Path] = {}
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+            if f.stem in found:
+                raise ValueError(
+                    f"{what} {str(path)!r}: two images share the name {f.stem!r}: {found[f.stem].name}, {f.name}"
+                )
+            found[f.stem] = f
+    if not found:
+        raise FileNotFoundError(f"{what} {str(path)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
+    """Load an image as RGB, optionally resize to ``size=(width, height)`` (bicubic), return 3 x H x W in [-1, 1]."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if size is not None and img.size != tuple(size):
+            img = img.resize(tuple(size), Image.Resampling.BICUBIC)
+        arr = np.asarray(img, dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0)
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def evaluate_folders(
+    pred_dir: str | os.PathLike,
+    target_dir: str | os.PathLike,
+    metrics: TranslationMetrics,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Compute ``metrics`` over prediction/target image pairs matched by file stem.
+
+    ``pred_dir/x.png`` is paired with ``target_dir/x.<any image extension>``. Every stem must exist on both sides,
+    otherwise a ValueError lists the unmatched names. Images are loaded as RGB. If a target's size differs from its
+    prediction's, the *target* is resized (bicubic) to the prediction's size, so metrics are measured at the
+    resolution the model produced. Predictions within a batch may differ in size from each other only if
+    ``batch_size=1``; otherwise the batch is split by size automatically.
+
+    ``metrics`` is reset first and left holding this evaluation's state. Returns the computed metrics plus
+    ``num_images`` (number of pairs evaluated; ``max_images`` of ``metrics`` may cap what the metrics saw).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    preds = list_images(pred_dir, "prediction folder")
+    targets = list_images(target_dir, "target folder")
+    only_pred = sorted(set(preds) - set(targets))
+    only_target = sorted(set(targets) - set(preds))
+    if only_pred or only_target:
+        msg = [
+            f"prediction folder {str(pred_dir)!r} and target folder {str(target_dir)!r} do not match by file name:"
+        ]
+        if only_pred:
+            msg.append(f"{len(only_pred)} without target: {_names(only_pred)}")
+        if only_target:
+            msg.append(f"{len(only_target)} without prediction: {_names(only_target)}")
+        raise ValueError(" ".join(msg))
+
+    if device is not None:
+        metrics.to(device)
+    metrics.reset()
+    stems = sorted(preds)
+    for chunk in _batches(stems, batch_size):
+        fakes = [load_image(preds[s]) for s in chunk]
+        reals = [
+            load_image(targets[s], size=(f.shape[2], f.shape[1])) for s, f in zip(chunk, fakes, strict=True)
+        ]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(fakes):
+            groups.setdefault(tuple(f.shape[1:]), []).append(i)
+        for idx in groups.values():
+            fake = torch.stack([fakes[i] for i in idx]).to(metrics.device)
+            real = torch.stack([reals[i] for i in idx]).to(metrics.device)
+            metrics.update(fake, real)
+    result = metrics.compute()
+    result["num_images"] = len(stems)
+    return result
+
+
+def _names(stems: list[str], limit: int = 20) -> str:
+    shown = ", ".join(stems[:limit])
+    return shown + (f", ... ({len(stems) - limit} more)" if len(stems) > limit else "")
