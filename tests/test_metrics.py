@@ -414,7 +414,7 @@ def test_config_default_instantiates(monkeypatch):
     assert cfg.metrics.fid_weights is None
     metrics = build_metrics(cfg.metrics)
     assert isinstance(metrics, TranslationMetrics)
-    assert metrics.output_keys == ["l1", "psnr", "ssim"]
+    assert metrics.output_keys == ["psnr", "ssim"]  # val/l1 comes from the model itself
     assert metrics.max_images == 200
 
 
@@ -434,7 +434,7 @@ def test_config_full_instantiates_with_local_weights(monkeypatch, fake_fid_file,
     )
     assert cfg.metrics.every_n_epochs == 1
     metrics = build_metrics(cfg.metrics)
-    assert metrics.output_keys == ["l1", "psnr", "ssim", "lpips", "fid", "kid_mean", "kid_std"]
+    assert metrics.output_keys == ["psnr", "ssim", "lpips", "fid", "kid_mean", "kid_std"]
     assert isinstance(metrics._memo.extractor, InceptionFeatureExtractor)
     assert metrics._memo.extractor.weights_path == str(fake_fid_file)
     # FID on 2048-d features is slow on CPU (2048x2048 eigvals): compute the whole group with a tiny
@@ -452,7 +452,7 @@ def test_config_full_instantiates_with_local_weights(monkeypatch, fake_fid_file,
     x = _images(3, size=32)
     metrics.update(x, x)
     out = metrics.compute()
-    assert out["l1"] == 0.0 and out["lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert "l1" not in out and out["lpips"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_config_full_without_weights_fails_clearly(no_weights_env):

@@ -346,11 +346,11 @@ def _warn_few(name: str, n_fake: int, n_real: int) -> None:
     )
 
 
-def build_metrics(cfg: Any) -> TranslationMetrics | None:
+def build_metrics(cfg: Any, **overrides: Any) -> TranslationMetrics | None:
     """Instantiate ``cfg.collection`` of a ``conf/metrics/*.yaml`` group node; ``None`` when metrics are off.
 
-    Usage in the training code: ``metrics = build_metrics(cfg.metrics)``; loop settings are
-    ``cfg.metrics.every_n_epochs`` and ``cfg.metrics.max_images``.
+    The collection may be a factory (``_partial_: true``, as in conf/metrics): ``overrides`` such as
+    ``paired=False`` are applied when it is called.
     """
     if cfg is None:
         return None
@@ -359,4 +359,7 @@ def build_metrics(cfg: Any) -> TranslationMetrics | None:
         return None
     from hydra.utils import instantiate
 
-    return instantiate(collection)
+    built = instantiate(collection)
+    if isinstance(built, TranslationMetrics):
+        return built
+    return built(**overrides)

@@ -6,6 +6,7 @@
 - one optimizer and one scheduler per parameter group, schedulers stepped per epoch by us
   (Lightning does not step them under manual optimization);
 - channels_last and torch.compile switches;
+- validation metrics (torchmetrics via gan_translate.metrics) computed every N epochs and logged as val/*;
 - the run's composed config stored in every checkpoint, so predict needs nothing else.
 
 Note: ``trainer.global_step`` counts optimizer steps, i.e. (number of optimizers) per batch; losses are
@@ -34,7 +35,10 @@ def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int
 
 class GANModule(pl.LightningModule):
     """Base of the GAN LightningModules. Subclasses define ``optimizer_groups``, ``training_step``,
-    ``validation_step`` and ``visuals``; ``generator_for(direction)`` serves prediction and export."""
+    ``validation_step`` (calling ``update_metrics``) and ``visuals``; ``generator_for(direction)``
+    serves prediction and export."""
+
+    paired: bool = True  # whether validation targets are pixel-aligned with the outputs
 
     def __init__(
         self,
@@ -46,6 +50,8 @@ class GANModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        metrics: Callable[..., nn.Module] | nn.Module | None = None,
+        metrics_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -57,6 +63,10 @@ class GANModule(pl.LightningModule):
         self.channels_last = channels_last
         self.compile_networks = compile
         self.run_config: dict | None = None  # the composed Hydra config, set by the entry point
+        # A factory gets told whether targets are pixel-aligned (pix2pix) or only same-domain (CycleGAN).
+        self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
+        self.metrics_every_n_epochs = metrics_every_n_epochs
+        self._metrics_active = False
 
     # ----- hooks for subclasses -----
     def optimizer_groups(self) -> dict[str, Iterable[nn.Parameter]]:
@@ -133,6 +143,28 @@ class GANModule(pl.LightningModule):
                 scheduler.step(value)
             else:
                 scheduler.step()
+
+    # ----- validation metrics -----
+    def on_validation_epoch_start(self) -> None:
+        every = self.metrics_every_n_epochs
+        self._metrics_active = (
+            self.metrics is not None
+            and every > 0
+            and not self.trainer.sanity_checking
+            and (self.current_epoch + 1) % every == 0
+        )
+
+    def update_metrics(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        if self._metrics_active:
+            self.metrics.update(fake, real)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._metrics_active:
+            # compute() already synchronises the metric states across processes.
+            values = self.metrics.compute()
+            self.log_dict({f"val/{name}": float(value) for name, value in values.items()})
+            self.metrics.reset()
+            self._metrics_active = False
 
     # ----- checkpoint -----
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -24,6 +24,8 @@ from gan_translate.models.image_pool import ImagePool
 
 
 class CycleGAN(GANModule):
+    paired = False  # validation compares G_A(A) with the B domain as a distribution (FID/KID)
+
     def __init__(
         self,
         generator: Callable[..., nn.Module],
@@ -101,10 +103,11 @@ class CycleGAN(GANModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])
-        rec_a = self.generator_B(self.generator_A(real_a))
-        rec_b = self.generator_A(self.generator_B(real_b))
+        fake_b, fake_a = self.generator_A(real_a), self.generator_B(real_b)
+        rec_a, rec_b = self.generator_B(fake_b), self.generator_A(fake_a)
         cycle = 0.5 * (F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float()))
         self.log("val/cycle_l1", cycle, prog_bar=True, sync_dist=True, batch_size=real_a.size(0))
+        self.update_metrics(fake_b, real_b)
 
     @torch.no_grad()
     def visuals(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -90,8 +90,10 @@ class Pix2Pix(GANModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])
         fake_b = self.generator(real_a)
+        # val/l1 is on the [-1, 1] scale of the training loss; the metrics' PSNR/SSIM use [0, 1].
         self.log("val/l1", F.l1_loss(fake_b.float(), real_b.float()), prog_bar=True, sync_dist=True,
                  batch_size=real_a.size(0))
+        self.update_metrics(fake_b, real_b)
 
     @torch.no_grad()
     def visuals(self, batch: dict) -> dict[str, torch.Tensor]:
