@@ -1,0 +1,134 @@
+"""Evaluate a checkpoint on a data split, or a folder of generated images against targets.
+
+    python -m gan_translate.evaluate ckpt_path=X [data.root=PATH] [split=test] [direction=AtoB|BtoA] [metrics=full]
+    python -m gan_translate.evaluate pred_dir=GENERATED target_dir=TARGETS [metrics=full]
+
+Writes a JSON report (every metric, number of images, direction, checkpoint, config hash) and, for a
+checkpoint, a sample grid (source | output | target) next to it. The model, its preprocessing and its data
+layout come from the checkpoint; ``data.root`` points it at another copy of the data.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from torchvision.utils import save_image
+
+from gan_translate.callbacks import sample_grid
+from gan_translate.checkpoint import model_from_checkpoint
+from gan_translate.metrics import build_metrics, evaluate_folders
+from gan_translate.translator import Translator
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger(__name__)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
+    """Metrics of the checkpoint's generator on ``cfg.split``; returns the report and a sample grid."""
+    model = model_from_checkpoint(cfg.ckpt_path)
+    run_config = model.run_config
+    data_overrides = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
+    data_cfg = OmegaConf.merge(run_config["data"], data_overrides)
+    datamodule = instantiate(data_cfg)
+    dataset = datamodule.make_dataset(cfg.split, train=False)
+    if dataset is None:
+        raise FileNotFoundError(f"split {cfg.split!r} not found under data.root={data_cfg.get('root')}")
+
+    direction = cfg.direction
+    translator = Translator(
+        model.generator_for(direction), input_nc=model.source_channels(direction), device=cfg.device,
+        dropout=cfg.dropout, batch_stats=cfg.batch_stats,
+    )
+    metrics = build_metrics(cfg.metrics, paired=model.paired, l1=True)
+    if metrics is None:
+        raise ValueError("metrics=none leaves nothing to evaluate; choose metrics=default or metrics=full")
+    metrics.to(translator.device)
+
+    source_key, target_key = ("B", "A") if direction == "BtoA" else ("A", "B")
+    samples: dict[str, list[torch.Tensor]] = {"source": [], "output": [], "target": []}
+    count = 0
+    for batch in DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0):
+        source, target = batch[source_key], batch[target_key].to(translator.device)
+        output = translator.translate(source)
+        metrics.update(output, target)
+        count += source.size(0)
+        if sum(len(s) for s in samples["source"]) < cfg.num_samples:
+            for name, images in (("source", source), ("output", output), ("target", target)):
+                samples[name].append(images.cpu())
+    values = metrics.compute()
+    grid = sample_grid({name: torch.cat(images)[: cfg.num_samples] for name, images in samples.items()})
+    report = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "model": type(model).__name__,
+        "split": cfg.split,
+        "data_root": str(data_cfg.get("root")) if data_cfg.get("root") else type(datamodule).__name__,
+        "direction": direction or run_config["data"].get("direction", "AtoB"),
+        "num_images": count,
+        "metrics": values,
+        "config_hash": config_hash(run_config),
+    }
+    return report, grid
+
+
+def evaluate_generated(cfg: DictConfig) -> dict:
+    metrics = build_metrics(cfg.metrics, l1=True)
+    if metrics is None:
+        raise ValueError("metrics=none leaves nothing to evaluate; choose metrics=default or metrics=full")
+    values = evaluate_folders(cfg.pred_dir, cfg.target_dir, metrics, batch_size=cfg.batch_size)
+    num_images = values.pop("num_images")
+    return {
+        "pred_dir": str(Path(cfg.pred_dir).resolve()),
+        "target_dir": str(Path(cfg.target_dir).resolve()),
+        "num_images": num_images,
+        "metrics": values,
+    }
+
+
+def default_output(cfg: DictConfig) -> Path:
+    if cfg.ckpt_path:
+        ckpt = Path(cfg.ckpt_path)
+        return ckpt.parent.parent / "eval" / f"{ckpt.stem}_{cfg.split}{'_' + cfg.direction if cfg.direction else ''}.json"
+    return Path(cfg.pred_dir).parent / f"{Path(cfg.pred_dir).name}_eval.json"
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    if bool(cfg.ckpt_path) == bool(cfg.pred_dir):
+        raise ValueError("give either ckpt_path=... or pred_dir=... target_dir=... (exactly one of the two)")
+    if cfg.pred_dir and not cfg.target_dir:
+        raise ValueError("pred_dir=... needs target_dir=... (the ground-truth images, matched by file name)")
+    output = Path(cfg.output) if cfg.output else default_output(cfg)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.ckpt_path:
+        report, grid = evaluate_checkpoint(cfg)
+        grid_path = output.with_suffix(".png")
+        save_image(grid, grid_path)
+        report["samples"] = str(grid_path)
+    else:
+        report = evaluate_generated(cfg)
+    report["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    output.write_text(json.dumps(report, indent=2))
+    log.info("%s", json.dumps(report["metrics"], indent=2))
+    log.info("report: %s", output)
+    return report
+
+
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
