@@ -55,12 +55,9 @@ class SampleGrid(pl.Callback):
         if self.fixed_batch is None or epoch % self.every_n_epochs or not trainer.is_global_zero:
             return
         batch = {k: v.to(pl_module.device) for k, v in self.fixed_batch.items()}
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
+        with pl_module.evaluating(), torch.no_grad():
             visuals = pl_module.visuals(batch)
             grid = sample_grid(visuals)
-        pl_module.train(was_training)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.dirpath / f"epoch_{epoch:04d}.png")
         for logger in trainer.loggers:

@@ -50,7 +50,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     direction = cfg.direction
     translator = Translator(
         model.generator_for(direction), input_nc=model.source_channels(direction), device=cfg.device,
-        dropout=cfg.dropout, batch_stats=cfg.batch_stats,
+        dropout=cfg.dropout,
+        batch_stats=model.test_batch_stats if cfg.batch_stats is None else cfg.batch_stats,
     )
     metrics = build_metrics(cfg.metrics, paired=model.paired, l1=True)
     if metrics is None:

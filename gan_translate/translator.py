@@ -3,9 +3,10 @@
 Test-time behaviour is explicit (the reference's exports and test script differ silently here):
 - ``dropout=False`` (default) gives deterministic outputs; ``dropout=True`` keeps the U-Net's dropout
   active, the pix2pix paper's test-time noise.
-- ``batch_stats=False`` (default) normalises with the running statistics learned in training;
+- ``batch_stats=False`` normalises with the running statistics learned in training;
   ``batch_stats=True`` uses each input batch's own statistics, as the reference's test script does
-  (it never calls eval()), without changing the stored statistics.
+  (it never calls eval()), without changing the stored statistics. ``from_checkpoint`` defaults to the
+  model's ``test_batch_stats`` (true in the facades paper setting, trained at batch size 1).
 - ``size_policy`` for sizes the generator cannot take as they are (U-Net 256 needs multiples of 256):
   ``pad`` reflect-pads to the next multiple and crops back (keeps the pixel scale, default);
   ``resize`` resizes to the nearest multiple and back; ``train_size`` resizes to the training
@@ -26,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.data.datasets import convert
 from gan_translate.data.transforms import to_unit_range
+from gan_translate.networks.layers import use_batch_statistics
 
 SIZE_POLICIES = ("pad", "resize", "train_size")
 
@@ -68,19 +70,21 @@ class Translator:
     @staticmethod
     def _inference_copy(generator: nn.Module, dropout: bool, batch_stats: bool) -> nn.Module:
         generator = copy.deepcopy(generator).eval()
+        if batch_stats:
+            use_batch_statistics(generator)
         for module in generator.modules():
             if dropout and isinstance(module, nn.Dropout):
                 module.train()
-            if batch_stats and isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
-                module.momentum = 0.0  # use the batch's statistics, leave the stored ones untouched
         for parameter in generator.parameters():
             parameter.requires_grad_(False)
         return generator
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, direction: str | None = None, **kwargs) -> Translator:
-        """``direction``: CycleGAN AtoB (default) or BtoA; pix2pix translates its trained direction only."""
+    def from_checkpoint(
+        cls, path: str | Path, direction: str | None = None, batch_stats: bool | None = None, **kwargs
+    ) -> Translator:
+        """``direction``: CycleGAN AtoB (default) or BtoA; pix2pix translates its trained direction only.
+        ``batch_stats=None`` follows the model's ``test_batch_stats``."""
         model = model_from_checkpoint(path)
         config = model.run_config or {}
         data = config.get("data", {})
@@ -90,6 +94,7 @@ class Translator:
             input_nc=model.source_channels(direction),
             train_size=data.get("crop_size") if data.get("preprocess", "none") != "none" else data.get("size"),
             config=config,
+            batch_stats=model.test_batch_stats if batch_stats is None else batch_stats,
             **kwargs,
         )
 

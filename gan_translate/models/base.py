@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import gan_translate
+from gan_translate.networks.layers import use_batch_statistics
 
 CHECKPOINT_KEY = "gan_translate"
 
@@ -52,6 +53,7 @@ class GANModule(pl.LightningModule):
         compile: bool = False,
         metrics: Callable[..., nn.Module] | nn.Module | None = None,
         metrics_every_n_epochs: int = 1,
+        test_batch_stats: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -66,6 +68,10 @@ class GANModule(pl.LightningModule):
         # A factory gets told whether targets are pixel-aligned (pix2pix) or only same-domain (CycleGAN).
         self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
         self.metrics_every_n_epochs = metrics_every_n_epochs
+        # Batch norm at validation/test: running statistics (False) or each batch's own statistics (True,
+        # the reference's test behaviour, which its batch-size-1 results depend on).
+        self.test_batch_stats = test_batch_stats
+        self._restore_norm: Callable[[], None] | None = None
         self._metrics_active = False
 
     # ----- hooks for subclasses -----
@@ -143,6 +149,31 @@ class GANModule(pl.LightningModule):
                 scheduler.step(value)
             else:
                 scheduler.step()
+
+    # ----- evaluation mode -----
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """eval() with the configured batch-norm behaviour, then back to the previous mode."""
+        was_training = self.training
+        self.eval()
+        restore = use_batch_statistics(self) if self.test_batch_stats else None
+        try:
+            yield
+        finally:
+            if restore:
+                restore()
+            self.train(was_training)
+
+    def on_validation_model_eval(self) -> None:
+        super().on_validation_model_eval()
+        if self.test_batch_stats:
+            self._restore_norm = use_batch_statistics(self)
+
+    def on_validation_model_train(self) -> None:
+        if self._restore_norm:
+            self._restore_norm()
+            self._restore_norm = None
+        super().on_validation_model_train()
 
     # ----- validation metrics -----
     def on_validation_epoch_start(self) -> None:

@@ -51,3 +51,21 @@ def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0
             nn.init.normal_(module.weight, 1.0, init_gain)
             nn.init.zeros_(module.bias)
     return net
+
+
+def use_batch_statistics(net: nn.Module) -> Callable[[], None]:
+    """Make every batch norm in ``net`` normalise with the statistics of the batch it sees, as the
+    reference pix2pix test script does (it never calls eval(); with batch size 1 this is instance norm),
+    without changing the stored running statistics. Returns a function that undoes it (back to eval)."""
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.train()
+        layer.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: the stored statistics stay as they are
+
+    def restore() -> None:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+            layer.eval()
+
+    return restore
