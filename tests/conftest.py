@@ -36,6 +36,7 @@ TINY_OVERRIDES = [
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
     "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
     "+trainer.enable_model_summary=false",
     "~callbacks.progress_bar",
     "+trainer.enable_progress_bar=false",
