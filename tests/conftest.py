@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -9,10 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
+
+from gan_translate.checkpoint import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -130,3 +135,37 @@ def aligned_root(tmp_path) -> Path:
 @pytest.fixture
 def unaligned_root(tmp_path) -> Path:
     return write_unaligned(tmp_path / "horse2zebra")
+
+
+# ----- inspecting runs -----
+BATCHES = 2  # data.train_length=8 / data.batch_size=4
+
+
+def initial_state(cfg) -> dict[str, torch.Tensor]:
+    """The weights `train(cfg)` starts from: same seed, same construction order."""
+    pl.seed_everything(cfg.seed, workers=True)
+    instantiate(cfg.data)
+    return {k: v.clone() for k, v in build_model(cfg).state_dict().items()}
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def logged(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(row[key]) for row in rows if row.get(key)]
+
+
+def changed_parameters(model_before: dict, checkpoint: dict, prefix: str) -> tuple[int, int]:
+    """(changed, total) parameter tensors under ``prefix`` between the initial and the trained state."""
+    state = checkpoint["state_dict"]
+    names = [k for k in state if k.startswith(prefix) and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    changed = sum(not torch.equal(model_before[k], state[k]) for k in names)
+    return changed, len(names)
+
+
+def on_disk(overrides: list[str]) -> list[str]:
+    """The tiny overrides without the synthetic datasets' keys (for data=aligned / data=unaligned)."""
+    synthetic = ("data.size", "data.train_length", "data.val_length")
+    return [o for o in overrides if not o.startswith(synthetic)] + ["data.load_size=36", "data.crop_size=32"]

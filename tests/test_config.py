@@ -6,12 +6,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    CONF_DIR,
+    TINY_CYCLEGAN_OVERRIDES,
+    TINY_OVERRIDES,
+    compose_train,
+    run_module,
+    write_aligned,
+    write_unaligned,
+)
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from conftest import CONF_DIR, TINY_CYCLEGAN_OVERRIDES, TINY_OVERRIDES, compose_train, run_module, write_aligned, write_unaligned
 from gan_translate.checkpoint import build_model
 from gan_translate.data import AlignedDataModule, UnalignedDataModule
 from gan_translate.models import CycleGAN, Pix2Pix

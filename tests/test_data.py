@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_rgb, write_unaligned
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import random_rgb, write_aligned, write_unaligned
 from gan_translate.data import (
     AlignedDataModule,
     AlignedDataset,
@@ -128,25 +128,20 @@ def test_unaligned_missing_domain(tmp_path):
         UnalignedDataModule(root=str(root))
 
 
-def test_datamodules_give_batches(tmp_path):
-    aligned = AlignedDataModule(
-        root=str(write_aligned(tmp_path / "aligned", count=3, size=32)), batch_size=2, num_workers=0,
-        load_size=36, crop_size=32,
-    )
+def test_datamodules_give_batches(aligned_root, unaligned_root, tmp_path):
+    aligned = AlignedDataModule(root=str(aligned_root), batch_size=2, num_workers=0, load_size=36, crop_size=32)
     aligned.setup("fit")
     batch = next(iter(aligned.train_dataloader()))
     assert batch["A"].shape == (2, 3, 32, 32)
-    assert len(aligned.val_set) == 3
+    assert len(aligned.train_set) == len(aligned.val_set) == 4
     with pytest.raises(DataError, match="data.root"):
         AlignedDataModule(root=str(tmp_path / "missing"))
     with pytest.raises(DataError, match="data.root is not set"):
         AlignedDataModule(root="???")
     with pytest.raises(DataError, match="data.direction"):
-        AlignedDataModule(root=str(tmp_path / "aligned"), direction="AtoC")
+        AlignedDataModule(root=str(aligned_root), direction="AtoC")
 
-    unaligned = UnalignedDataModule(
-        root=str(write_unaligned(tmp_path / "unaligned")), batch_size=2, num_workers=0, load_size=36, crop_size=32
-    )
+    unaligned = UnalignedDataModule(root=str(unaligned_root), batch_size=2, num_workers=0, load_size=36, crop_size=32)
     unaligned.setup("fit")
     assert unaligned.val_set is None and unaligned.val_dataloader() == []
     assert next(iter(unaligned.train_dataloader()))["B"].shape == (2, 3, 32, 32)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import CONF_DIR
-from gan_translate.networks import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator, UnetGenerator, init_weights
+from gan_translate.networks import (
+    NLayerDiscriminator,
+    PixelDiscriminator,
+    ResnetGenerator,
+    UnetGenerator,
+    init_weights,
+)
 
 
 def from_yaml(group: str, name: str, **overrides):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import TINY_OVERRIDES, compose_train, random_rgb, run_module
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import TINY_OVERRIDES, compose_train, random_rgb, run_module
 from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint, model_from_checkpoint
 from gan_translate.models import CycleGAN, Pix2Pix
 from gan_translate.predict import predict
