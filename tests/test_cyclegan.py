@@ -175,3 +175,15 @@ def test_cyclegan_on_unaligned_folders_without_validation(tmp_path):
     assert list((run_dir / "samples").glob("*.png"))  # grids come from a training batch instead
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["image_pools"]["fake_B"]["images"].shape == (4, 3, 32, 32)
+
+
+def test_resume_continues_counters_and_pools(cyclegan_run, tmp_path):
+    cfg, run_dir, _, _, checkpoint = cyclegan_run
+    resumed_dir = tmp_path / "resumed"
+    overrides = [*TINY_CYCLEGAN_OVERRIDES, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
+    train(compose_train(overrides, resumed_dir))
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 2 * checkpoint["global_step"]
+    # The restored pool (8 fakes) kept filling: 8 + 8 more.
+    assert resumed["image_pools"]["fake_A"]["images"].shape[0] == 16
+    assert len(logged(read_metrics(resumed_dir), "train/loss_G_A")) == BATCHES  # only the second epoch ran

@@ -154,3 +154,14 @@ def test_predict_empty_input_names_folder(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
         predict(predict_cfg(path, tmp_path / "empty", tmp_path / "out"))
+
+
+def test_batch_stats_leave_running_stats_untouched(trained):
+    model, path = trained
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    translator = Translator.from_checkpoint(path, device="cpu", batch_stats=True)
+    norms = [m for m in translator.generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    output = translator(images)
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
+    assert not torch.allclose(output, Translator.from_checkpoint(path, device="cpu")(images))
