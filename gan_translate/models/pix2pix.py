@@ -57,6 +57,19 @@ class Pix2Pix(GANModule):
     def discriminator_input(self, real_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
         return torch.cat([real_a, image_b], dim=1) if self.conditional_discriminator else image_b
 
+    def generator_loss_terms(
+        self, real_a: torch.Tensor, real_b: torch.Tensor, fake_b: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """G's weighted loss terms by name; G minimises their sum and each is logged as ``train/<name>``.
+
+        The extension point for new objectives: a subclass adds a term to ``super()``'s dict.
+        """
+        fake_scores = self.discriminator(self.discriminator_input(real_a, fake_b))
+        return {
+            "loss_G_GAN": self.loss.gan.generator_loss(fake_scores),
+            "loss_G_L1": self.loss.lambda_l1 * F.l1_loss(fake_b.float(), real_b.float()),
+        }
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])
         opt_g, opt_d = self.optimizers()
@@ -74,13 +87,12 @@ class Pix2Pix(GANModule):
                 loss_d = loss_d + losses["loss_D_GP"]
             self.optimization_step(opt_d, loss_d)
 
-        # 2) G: fool D on (A, G(A)) and stay close to B in L1.
+        # 2) G: fool D on (A, G(A)) and stay close to B in L1 (plus any terms a subclass adds).
         with self.updating(opt_g):
-            loss_g_gan = self.loss.gan.generator_loss(self.discriminator(self.discriminator_input(real_a, fake_b)))
-            loss_g_l1 = self.loss.lambda_l1 * F.l1_loss(fake_b.float(), real_b.float())
-            self.optimization_step(opt_g, loss_g_gan + loss_g_l1)
+            generator_losses = self.generator_loss_terms(real_a, real_b, fake_b)
+            self.optimization_step(opt_g, sum(generator_losses.values()))
 
-        losses.update(loss_G_GAN=loss_g_gan, loss_G_L1=loss_g_l1)
+        losses.update(generator_losses)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
         self.log_dict(
             {"train/D_real": real_scores.detach().float().mean(), "train/D_fake": fake_scores.detach().float().mean()},

@@ -1,0 +1,162 @@
+"""Hydra composition of every option of every group, the paper experiments, config errors and multirun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    CONF_DIR,
+    TINY_CYCLEGAN_OVERRIDES,
+    TINY_OVERRIDES,
+    compose_train,
+    run_module,
+    write_aligned,
+    write_unaligned,
+)
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from gan_translate.checkpoint import build_model
+from gan_translate.data import AlignedDataModule, UnalignedDataModule
+from gan_translate.models import CycleGAN, Pix2Pix
+from gan_translate.networks import NLayerDiscriminator, ResnetGenerator, UnetGenerator
+from gan_translate.train import train
+
+DEFAULT_GROUPS = ("data", "generator", "discriminator", "loss", "optim", "scheduler", "trainer", "callbacks",
+                  "logger", "paths", "model", "experiment")
+# Groups that are in conf/ but not in train.yaml's defaults list are appended with `+group=option`.
+OPTIONAL_GROUPS = ("metrics",)
+TINY_WIDTHS = ["generator.ngf=4", "discriminator.ndf=4"]
+
+
+def group_options():
+    for group in (*DEFAULT_GROUPS, *OPTIONAL_GROUPS):
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            yield group, path.stem
+
+
+def test_every_group_is_known():
+    on_disk = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert on_disk == set(DEFAULT_GROUPS) | set(OPTIONAL_GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), list(group_options()), ids=lambda v: str(v))
+def test_every_option_composes(group, option, tmp_path):
+    prefix = "+" if group in OPTIONAL_GROUPS else ""
+    overrides = [f"{prefix}{group}={option}", *TINY_WIDTHS]
+    if group in ("data", "experiment") and option in ("aligned", "paired_folders", "facades_pix2pix"):
+        overrides.append(f"data.root={write_aligned(tmp_path / 'root', count=1)}")
+    if group in ("data", "experiment") and option in ("unaligned", "horse2zebra_cyclegan"):
+        overrides.append(f"data.root={write_unaligned(tmp_path / 'root', 1, 1)}")
+    if group == "data" and option == "paired_folders":
+        write_unaligned(tmp_path / "root", 1, 1)  # trainA/trainB with matching names are made below
+    cfg = compose_train(overrides, tmp_path / "run")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
+    # Every model-facing option must still build a model.
+    if group in ("generator", "discriminator", "loss", "optim", "scheduler", "model", "experiment"):
+        model = build_model(cfg)
+        assert isinstance(model, Pix2Pix | CycleGAN)
+        model.configure_optimizers()
+    if group == "data" and option != "paired_folders":
+        assert instantiate(cfg.data).batch_size >= 1
+
+
+def test_experiment_facades_pix2pix(tmp_path):
+    root = write_aligned(tmp_path / "facades", splits=("train", "val"), count=2, size=32)
+    cfg = compose_train(["experiment=facades_pix2pix", f"data.root={root}", *TINY_WIDTHS, "data.num_workers=0"], tmp_path)
+    # The paper's settings.
+    assert cfg.data.direction == "BtoA" and cfg.data.load_size == 286 and cfg.data.crop_size == 256
+    assert cfg.loss.gan_mode == "vanilla" and cfg.loss.lambda_l1 == 100
+    assert cfg.optim.lr == 2e-4 and list(cfg.optim.betas) == [0.5, 0.999]
+    assert cfg.trainer.max_epochs == 200 and cfg.scheduler.constant_epochs == 100
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, AlignedDataModule)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["A"].shape == (1, 3, 256, 256)
+    model = build_model(cfg)
+    assert isinstance(model, Pix2Pix) and isinstance(model.generator, UnetGenerator)
+    assert model.generator.size_divisor == 256
+    with torch.no_grad():
+        assert model.eval()(batch["A"]).shape == (1, 3, 256, 256)
+    schedulers = model.configure_optimizers()[1]
+    assert schedulers[0]["scheduler"].constant_epochs == 100
+
+
+def test_experiment_horse2zebra_cyclegan(tmp_path):
+    root = write_unaligned(tmp_path / "h2z", 2, 3, size=32)
+    cfg = compose_train(["experiment=horse2zebra_cyclegan", f"data.root={root}", *TINY_WIDTHS], tmp_path)
+    assert cfg.loss.gan_mode == "lsgan" and cfg.loss.lambda_cycle == 10 and cfg.loss.lambda_identity == 0.5
+    assert cfg.model.pool_size == 50 and cfg.discriminator.norm == "instance"
+    assert cfg.generator.n_blocks == 9 and cfg.monitor.metric == "val/cycle_l1"
+    assert isinstance(instantiate(cfg.data), UnalignedDataModule)
+    model = build_model(cfg)
+    assert isinstance(model, CycleGAN) and isinstance(model.generator_A, ResnetGenerator)
+    assert isinstance(model.discriminator_A, NLayerDiscriminator)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_model_cyclegan_switches_defaults_but_command_line_wins(tmp_path):
+    cfg = compose_train(["model=cyclegan"], tmp_path)
+    assert cfg.generator.n_blocks == 9 and cfg.loss.lambda_cycle == 10
+    assert cfg.data._target_.endswith("SyntheticShapesDataModule")
+    cfg = compose_train(["model=cyclegan", "generator=unet_64", "discriminator=pixel"], tmp_path)
+    assert cfg.generator.num_downs == 6 and cfg.discriminator._target_.endswith("PixelDiscriminator")
+
+
+def test_aligned_without_root_names_the_key(tmp_path):
+    cfg = compose_train(["data=aligned", *TINY_OVERRIDES[:2]], tmp_path)
+    with pytest.raises(MissingMandatoryValue, match=r"data\.root"):
+        train(cfg)
+
+
+def test_unknown_group_option_in_compose(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="unet_999"):
+        compose_train(["generator=unet_999"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("loss.lambda_l11=3", "loss.lambda_l11"), ("generator=unet_999", "unet_999")],
+)
+def test_cli_config_errors_name_the_key(override, named, tmp_path):
+    result = run_module("gan_translate.train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr  # a config error, not a crash
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def sweep(tmp_path: Path, *overrides: str) -> Path:
+    sweep_dir = tmp_path / "sweep"
+    run_module("gan_translate.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    return sweep_dir
+
+
+def check_jobs(sweep_dir: Path, key: str, values: list[float]) -> None:
+    for job, value in enumerate(values):
+        job_dir = sweep_dir / str(job)
+        assert OmegaConf.select(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), key) == value
+        checkpoint = torch.load(job_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        stored = OmegaConf.create(checkpoint["gan_translate"]["config"])
+        assert OmegaConf.select(stored, key) == value
+        assert stored.paths.output_dir == str(job_dir)  # each job writes into its own folder
+
+
+def test_multirun_pix2pix(tmp_path):
+    sweep_dir = sweep(tmp_path, "loss.lambda_l1=10,100", *TINY_OVERRIDES, "data.train_length=4", "data.val_length=2")
+    check_jobs(sweep_dir, "loss.lambda_l1", [10, 100])
+
+
+def test_multirun_cyclegan(tmp_path):
+    sweep_dir = sweep(
+        tmp_path, "loss.lambda_cycle=5,10", *TINY_CYCLEGAN_OVERRIDES, "data.train_length=4", "data.val_length=2"
+    )
+    check_jobs(sweep_dir, "loss.lambda_cycle", [5, 10])
+    checkpoint = torch.load(sweep_dir / "1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["gan_translate"]["model_class"] == "gan_translate.models.cyclegan.CycleGAN"

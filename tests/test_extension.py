@@ -1,0 +1,47 @@
+"""The subclassing example: examples/pix2pix_tv.py (model=pix2pix_tv) adds a loss term by overriding one hook."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import BATCHES, TINY_OVERRIDES, compose_train, logged, read_metrics
+
+from examples.pix2pix_tv import Pix2PixTV, total_variation
+from gan_translate.checkpoint import build_model, model_from_checkpoint
+from gan_translate.train import train
+from gan_translate.translator import Translator
+
+
+def test_total_variation_values():
+    flat = torch.ones(1, 3, 8, 8)
+    assert total_variation(flat).item() == 0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., 1::2] = 1.0  # vertical stripes: every horizontal neighbour differs by 1
+    assert total_variation(stripes).item() == pytest.approx(1.0)
+
+
+def test_extra_term_is_part_of_the_objective(tmp_path):
+    cfg = compose_train([*TINY_OVERRIDES, "model=pix2pix_tv", "model.lambda_tv=2.5"], tmp_path)
+    model = build_model(cfg)
+    assert isinstance(model, Pix2PixTV) and model.lambda_tv == 2.5
+    real_a, real_b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    fake_b = model.generator(real_a)
+    terms = model.generator_loss_terms(real_a, real_b, fake_b)
+    assert set(terms) == {"loss_G_GAN", "loss_G_L1", "loss_G_TV"}
+    assert terms["loss_G_TV"].item() == pytest.approx(2.5 * total_variation(fake_b).item())
+
+
+def test_train_and_predict(tmp_path):
+    cfg = compose_train([*TINY_OVERRIDES, "model=pix2pix_tv", "model.lambda_tv=0.5"], tmp_path)
+    train(cfg)
+    values = logged(read_metrics(tmp_path), "train/loss_G_TV")
+    assert len(values) == BATCHES and all(math.isfinite(v) and v > 0 for v in values)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    model = model_from_checkpoint(path)
+    assert type(model) is Pix2PixTV and model.lambda_tv == 0.5
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = model(images)
+    assert torch.allclose(Translator.from_checkpoint(path, device="cpu")(images), expected, atol=1e-6)
