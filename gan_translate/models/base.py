@@ -19,12 +19,18 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import gan_translate
 
 CHECKPOINT_KEY = "gan_translate"
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN/Inf; the message names the terms, the optimizer and the step."""
 
 
 def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int) -> nn.Module:
@@ -46,8 +52,15 @@ class GANModule(pl.LightningModule):
         gradient_clip_val: float | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        nonfinite: str = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"model.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        # raise: stop with a message before the bad step touches the weights; skip: drop that step (counted
+        # in skipped_steps); ignore: no check (no host sync per step).
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
         self.automatic_optimization = False
         self.input_nc, self.output_nc = input_nc, output_nc
         self.optimizer_factory = optimizer
@@ -109,12 +122,41 @@ class GANModule(pl.LightningModule):
         with self.toggled_optimizer(optimizer):
             yield
 
-    def optimization_step(self, optimizer, loss: torch.Tensor) -> None:
+    def optimization_step(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None = None) -> None:
+        """One update; ``terms`` (the named parts of ``loss``) only serve the non-finite loss message."""
+        if self.nonfinite != "ignore" and not self._loss_is_finite(loss):
+            self._on_nonfinite_loss(optimizer, loss, terms)
+            return
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         optimizer.step()
+
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).all().float()
+        if self.nonfinite == "skip" and self.trainer.world_size > 1:
+            # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        return bool(finite)
+
+    def _on_nonfinite_loss(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None) -> None:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        names = list(self.optimizer_groups())
+        index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), None)
+        which = names[index] if index is not None and index < len(names) else "optimizer"
+        values = ", ".join(f"{name}={float(value.detach().float()):.4g}" for name, value in (terms or {}).items())
+        where = (f"{which} loss is {float(loss.detach().float())} at global step {self.trainer.global_step} "
+                 f"(epoch {self.current_epoch})" + (f": {values}" if values else ""))
+        if self.nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"{where}. Weights were not updated and no checkpoint was written after it. Lower the learning "
+                "rate, set model.gradient_clip_val, or use model.nonfinite=skip to drop such steps."
+            )
+        self.skipped_steps += 1
+        rank_zero_warn(f"skipped a step: {where} ({self.skipped_steps} skipped so far)")
+        self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max", batch_size=1)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()

@@ -89,13 +89,14 @@ class CycleGAN(GANModule):
                 weight = self.loss.lambda_identity * self.loss.lambda_cycle
                 losses["loss_idt_A"] = weight * l1(self.generator_A(real_b).float(), real_b.float())
                 losses["loss_idt_B"] = weight * l1(self.generator_B(real_a).float(), real_a.float())
-            self.optimization_step(opt_g, sum(losses.values()))
+            self.optimization_step(opt_g, sum(losses.values()), losses)
 
         # 2) Discriminators, on fakes drawn from the history pools.
         with self.updating(opt_d):
             losses["loss_D_A"] = self.discriminator_loss(self.discriminator_A, real_b, self.fake_B_pool.query(fake_b))
             losses["loss_D_B"] = self.discriminator_loss(self.discriminator_B, real_a, self.fake_A_pool.query(fake_a))
-            self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"])
+            d_terms = {k: losses[k] for k in ("loss_D_A", "loss_D_B")}
+            self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"], d_terms)
 
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
 

@@ -72,13 +72,13 @@ class Pix2Pix(GANModule):
             if self.loss.uses_gradient_penalty:
                 losses["loss_D_GP"] = self.loss.lambda_gp * gradient_penalty(self.discriminator, real_pair, fake_pair)
                 loss_d = loss_d + losses["loss_D_GP"]
-            self.optimization_step(opt_d, loss_d)
+            self.optimization_step(opt_d, loss_d, losses)
 
         # 2) G: fool D on (A, G(A)) and stay close to B in L1.
         with self.updating(opt_g):
             loss_g_gan = self.loss.gan.generator_loss(self.discriminator(self.discriminator_input(real_a, fake_b)))
             loss_g_l1 = self.loss.lambda_l1 * F.l1_loss(fake_b.float(), real_b.float())
-            self.optimization_step(opt_g, loss_g_gan + loss_g_l1)
+            self.optimization_step(opt_g, loss_g_gan + loss_g_l1, {"loss_G_GAN": loss_g_gan, "loss_G_L1": loss_g_l1})
 
         losses.update(loss_G_GAN=loss_g_gan, loss_G_L1=loss_g_l1)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
