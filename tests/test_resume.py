@@ -55,7 +55,7 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
 
 
 def test_cyclegan_resume_restores_image_pools_and_matches(tmp_path):
-    common = ["model=cyclegan", "generator=resnet_6blocks", "model.pool_size=6", "data.train_length=8",
+    common = ["model=cyclegan", "generator=unet_64", "model.pool_size=6", "data.train_length=8",
               "trainer.max_epochs=2"]
     full, split = tmp_path / "full", tmp_path / "split"
     train(compose_train(*common, f"paths.output_dir={full}"))
