@@ -38,7 +38,8 @@ def warn_on_config_changes(ckpt_path: str, run_config: dict) -> None:
         )
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> float | None:
+    """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -47,7 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     if ckpt_path:
         warn_on_config_changes(ckpt_path, model.run_config)
     history = ValidationHistory()
-    callbacks = [*instantiate_all(cfg.get("callbacks")), history, RandomStateCheckpoint()]
+    callbacks = [*instantiate_all(cfg.get("callbacks")), history, RandomStateCheckpoint(), *(extra_callbacks or [])]
     loggers = instantiate_all(cfg.get("logger"))
     # Atomic checkpoint writes unless the trainer config brings its own plugins.
     plugins = {} if "plugins" in cfg.trainer else {"plugins": [AtomicCheckpointIO()]}

@@ -155,8 +155,22 @@ class GANModule(pl.LightningModule):
                 "rate, set model.gradient_clip_val, or use model.nonfinite=skip to drop such steps."
             )
         self.skipped_steps += 1
+        self._skipped_in_batch = True
         rank_zero_warn(f"skipped a step: {where} ({self.skipped_steps} skipped so far)")
         self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max", batch_size=1)
+
+    # skip mode: a bad batch's forward pass has already updated the norm layers' running statistics;
+    # they are put back as they were before the batch (a small copy: norm buffers are per channel).
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._skipped_in_batch = False
+        if self.nonfinite == "skip":
+            self._buffers_before = {n: b.clone() for n, b in self.named_buffers() if b.is_floating_point()}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if getattr(self, "_skipped_in_batch", False):
+            buffers = dict(self.named_buffers())
+            for name, value in self._buffers_before.items():
+                buffers[name].copy_(value)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
