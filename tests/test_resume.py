@@ -54,6 +54,7 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
     assert_same_weights(full / "checkpoints/last.ckpt", split / "checkpoints/last.ckpt")
 
 
+@pytest.mark.slow
 def test_cyclegan_resume_restores_image_pools_and_matches(tmp_path):
     common = ["model=cyclegan", "generator=unet_64", "model.pool_size=6", "data.train_length=8",
               "trainer.max_epochs=2"]
