@@ -12,10 +12,13 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
+from pytorch_lightning.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from gan_translate.callbacks import ValidationHistory
-from gan_translate.checkpoint import build_model
+from gan_translate.checkpoint import build_model, load_checkpoint
+from gan_translate.models.base import CHECKPOINT_KEY
+from gan_translate.resume import AtomicCheckpointIO, RandomStateCheckpoint, config_changes, resume_checkpoint
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
@@ -26,19 +29,37 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
-def train(cfg: DictConfig) -> float | None:
+def warn_on_config_changes(ckpt_path: str, run_config: dict) -> None:
+    saved = load_checkpoint(ckpt_path)[CHECKPOINT_KEY]["config"]
+    changed = config_changes(saved, run_config)
+    if changed:
+        log.warning(
+            "resuming %s with a config that differs in %d keys: %s. Restored optimizer/scheduler states "
+            "keep their saved settings.", ckpt_path, len(changed), ", ".join(changed[:10]),
+        )
+
+
+def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> float | None:
+    """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"))
+    if ckpt_path:
+        warn_on_config_changes(ckpt_path, model.run_config)
     history = ValidationHistory()
-    callbacks = [*instantiate_all(cfg.get("callbacks")), history]
+    callbacks = [*instantiate_all(cfg.get("callbacks")), history, RandomStateCheckpoint(), *(extra_callbacks or [])]
     loggers = instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if not loggers:  # logger=none: nothing to send learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # Atomic checkpoint writes unless the trainer config brings its own plugins.
+    plugins = {} if "plugins" in cfg.trainer else {"plugins": [AtomicCheckpointIO()]}
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **plugins)
     for logger in trainer.loggers:
         logger.log_hyperparams(model.run_config)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metric = cfg.monitor.metric
     if trainer.is_global_zero:

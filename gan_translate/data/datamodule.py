@@ -16,6 +16,7 @@ from gan_translate.data.datasets import (
     AlignedDataset,
     DataError,
     PairedFoldersDataset,
+    SkipBadImages,
     UnalignedDataset,
 )
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
@@ -41,8 +42,12 @@ class TranslationDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         drop_last: bool = False,
+        on_bad_image: str = "raise",
     ) -> None:
         super().__init__()
+        if on_bad_image not in ("raise", "skip"):
+            raise DataError(f"data.on_bad_image must be raise or skip, got {on_bad_image!r}")
+        self.on_bad_image = on_bad_image
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size
         self.input_nc, self.output_nc = input_nc, output_nc
@@ -71,6 +76,11 @@ class TranslationDataModule(pl.LightningDataModule):
             self.val_set = self.make_dataset("val", train=False) or self.make_dataset("test", train=False)
         if stage in ("test", None) and self.test_set is None:
             self.test_set = self.make_dataset("test", train=False)
+        if self.on_bad_image == "skip":
+            self.train_set, self.val_set, self.test_set = (
+                SkipBadImages(ds) if ds is not None and not isinstance(ds, SkipBadImages) else ds
+                for ds in (self.train_set, self.val_set, self.test_set)
+            )
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if dataset is None:

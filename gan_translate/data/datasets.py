@@ -7,6 +7,7 @@ swaps the halves on disk); unpaired datasets return one image of each domain.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,43 @@ def convert(image: Image.Image, channels: int) -> Image.Image:
     return image.convert(image_mode(channels))
 
 
+def transformed(transform: Callable | None, path: Path, *images):
+    """Apply ``transform``, naming the file when it cannot (e.g. an image smaller than the crop)."""
+    if transform is None:
+        return images if len(images) > 1 else images[0]
+    try:
+        return transform(*images)
+    except ValueError as error:
+        raise DataError(
+            f"{path} ({images[0].shape[-1]}x{images[0].shape[-2]}): {error}. Smaller images than crop_size "
+            "need preprocess=resize_and_crop or scale_width_and_crop (which upscale), or a smaller data.crop_size"
+        ) from error
+
+
+class SkipBadImages(Dataset):
+    """``data.on_bad_image=skip``: an item whose file cannot be read is replaced by the next readable one.
+
+    Each skip warns with the file and the number skipped so far (counted per process: each DataLoader
+    worker counts its own). Construction-time checks (missing folders, A|B sizes) still raise.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        for offset in range(len(self)):
+            try:
+                return self.dataset[(index + offset) % len(self)]
+            except DataError as error:
+                self.skipped += 1
+                warnings.warn(f"skipped a bad image ({self.skipped} so far): {error}", stacklevel=2)
+        raise DataError(f"data.on_bad_image=skip: none of the {len(self)} items could be read")
+
+
 class AlignedDataset(Dataset):
     """pix2pix layout: ``root/split/*.jpg``, each image A and B side by side (A left).
 
@@ -105,8 +143,7 @@ class AlignedDataset(Dataset):
         source, target = (left, right) if self.direction == "AtoB" else (right, left)
         source = TF.to_image(convert(source, self.input_nc))
         target = TF.to_image(convert(target, self.output_nc))
-        if self.transform is not None:
-            source, target = self.transform(source, target)
+        source, target = transformed(self.transform, path, source, target)
         return {"A": source, "B": target, "name": path.stem}
 
 
@@ -147,8 +184,7 @@ class PairedFoldersDataset(Dataset):
         target = TF.to_image(convert(read_image(target_path), self.output_nc))
         if source.shape[-2:] != target.shape[-2:]:
             target = TF.resize(target, list(source.shape[-2:]), antialias=True)
-        if self.transform is not None:
-            source, target = self.transform(source, target)
+        source, target = transformed(self.transform, source_path, source, target)
         return {"A": source, "B": target, "name": source_path.stem}
 
 
@@ -186,8 +222,6 @@ class UnalignedDataset(Dataset):
             path_b = self.files_b[random.randrange(len(self.files_b))]
         image_a = TF.to_image(convert(read_image(path_a), self.input_nc))
         image_b = TF.to_image(convert(read_image(path_b), self.output_nc))
-        if self.transform_a is not None:
-            image_a = self.transform_a(image_a)
-        if self.transform_b is not None:
-            image_b = self.transform_b(image_b)
+        image_a = transformed(self.transform_a, path_a, image_a)
+        image_b = transformed(self.transform_b, path_b, image_b)
         return {"A": image_a, "B": image_b, "name": path_a.stem, "name_B": path_b.stem}

@@ -9,7 +9,7 @@
 - validation metrics (torchmetrics via gan_translate.metrics) computed every N epochs and logged as val/*;
 - the run's composed config stored in every checkpoint, so predict needs nothing else.
 
-Note: ``trainer.global_step`` counts optimizer steps, i.e. (number of optimizers) per batch; losses are
+Note: ``trainer.global_step`` counts optimizer steps, i.e. 2 per batch (G and D) for pix2pix and CycleGAN; losses are
 logged against batches. ``trainer.max_steps`` is therefore in optimizer steps.
 """
 
@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -27,6 +28,11 @@ import gan_translate
 from gan_translate.networks.layers import use_batch_statistics
 
 CHECKPOINT_KEY = "gan_translate"
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN/Inf; the message names the terms, the optimizer and the step."""
 
 
 def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int) -> nn.Module:
@@ -54,8 +60,15 @@ class GANModule(pl.LightningModule):
         metrics: Callable[..., nn.Module] | nn.Module | None = None,
         metrics_every_n_epochs: int = 1,
         test_batch_stats: bool = False,
+        nonfinite: str = "raise",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"model.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        # raise: stop with a message before the bad step touches the weights; skip: drop that step (counted
+        # in skipped_steps); ignore: no check (no host sync per step).
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
         self.automatic_optimization = False
         self.input_nc, self.output_nc = input_nc, output_nc
         self.optimizer_factory = optimizer
@@ -125,12 +138,55 @@ class GANModule(pl.LightningModule):
         with self.toggled_optimizer(optimizer):
             yield
 
-    def optimization_step(self, optimizer, loss: torch.Tensor) -> None:
+    def optimization_step(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None = None) -> None:
+        """One update; ``terms`` (the named parts of ``loss``) only serve the non-finite loss message."""
+        if self.nonfinite != "ignore" and not self._loss_is_finite(loss):
+            self._on_nonfinite_loss(optimizer, loss, terms)
+            return
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         optimizer.step()
+
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).all().float()
+        if self.nonfinite == "skip" and self.trainer.world_size > 1:
+            # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        return bool(finite)
+
+    def _on_nonfinite_loss(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None) -> None:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        names = list(self.optimizer_groups())
+        index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), None)
+        which = names[index] if index is not None and index < len(names) else "optimizer"
+        values = ", ".join(f"{name}={float(value.detach().float()):.4g}" for name, value in (terms or {}).items())
+        where = (f"{which} loss is {float(loss.detach().float())} at global step {self.trainer.global_step} "
+                 f"(epoch {self.current_epoch})" + (f": {values}" if values else ""))
+        if self.nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"{where}. Weights were not updated and no checkpoint was written after it. Lower the learning "
+                "rate, set model.gradient_clip_val, or use model.nonfinite=skip to drop such steps."
+            )
+        self.skipped_steps += 1
+        self._skipped_in_batch = True
+        rank_zero_warn(f"skipped a step: {where} ({self.skipped_steps} skipped so far)")
+        self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max", batch_size=1)
+
+    # skip mode: a bad batch's forward pass has already updated the norm layers' running statistics;
+    # they are put back as they were before the batch (a small copy: norm buffers are per channel).
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._skipped_in_batch = False
+        if self.nonfinite == "skip":
+            self._buffers_before = {n: b.clone() for n, b in self.named_buffers() if b.is_floating_point()}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if getattr(self, "_skipped_in_batch", False):
+            buffers = dict(self.named_buffers())
+            for name, value in self._buffers_before.items():
+                buffers[name].copy_(value)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()

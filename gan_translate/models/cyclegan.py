@@ -101,13 +101,14 @@ class CycleGAN(GANModule):
         with self.updating(opt_g):
             fake_b, fake_a = self.generator_A(real_a), self.generator_B(real_b)
             losses = self.generator_loss_terms(real_a, real_b, fake_b, fake_a)
-            self.optimization_step(opt_g, sum(losses.values()))
+            self.optimization_step(opt_g, sum(losses.values()), losses)
 
         # 2) Discriminators, on fakes drawn from the history pools.
         with self.updating(opt_d):
             losses["loss_D_A"] = self.discriminator_loss(self.discriminator_A, real_b, self.fake_B_pool.query(fake_b))
             losses["loss_D_B"] = self.discriminator_loss(self.discriminator_B, real_a, self.fake_A_pool.query(fake_a))
-            self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"])
+            d_terms = {k: losses[k] for k in ("loss_D_A", "loss_D_B")}
+            self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"], d_terms)
 
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
 

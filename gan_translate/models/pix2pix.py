@@ -85,12 +85,12 @@ class Pix2Pix(GANModule):
             if self.loss.uses_gradient_penalty:
                 losses["loss_D_GP"] = self.loss.lambda_gp * gradient_penalty(self.discriminator, real_pair, fake_pair)
                 loss_d = loss_d + losses["loss_D_GP"]
-            self.optimization_step(opt_d, loss_d)
+            self.optimization_step(opt_d, loss_d, losses)
 
         # 2) G: fool D on (A, G(A)) and stay close to B in L1 (plus any terms a subclass adds).
         with self.updating(opt_g):
             generator_losses = self.generator_loss_terms(real_a, real_b, fake_b)
-            self.optimization_step(opt_g, sum(generator_losses.values()))
+            self.optimization_step(opt_g, sum(generator_losses.values()), generator_losses)
 
         losses.update(generator_losses)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))

@@ -1,0 +1,241 @@
+"""Reliable long runs: exact resume, atomic checkpoints, and finding the checkpoint to resume from.
+
+What a checkpoint holds, and who restores it on resume:
+- weights, both optimizers, LR schedulers, epoch/step counters, ModelCheckpoint state: Lightning;
+- CycleGAN image pools: ``CycleGAN.on_save_checkpoint`` / ``on_load_checkpoint``;
+- Python, NumPy and torch (CPU and CUDA) random states: ``RandomStateCheckpoint`` below. Lightning does
+  not save them, so without it a resumed run reshuffles and re-augments differently from an
+  uninterrupted one (``seed_everything`` only seeds the start of a run).
+
+Resume is exact at epoch boundaries (where the per-epoch checkpoints are written): with ``seed`` set,
+``trainer.deterministic=true`` and ``num_workers=0`` or ``persistent_workers=false``, "train, kill,
+resume" ends with bit-identical weights to an uninterrupted run (tested on CPU). Persistent workers keep
+their own random state across epochs, which a resumed run cannot recover: the augmentations then differ
+(statistically the same). A mid-epoch checkpoint (``every_n_train_steps``, ``train_time_interval``)
+resumes with the right counters, weights and optimizer state, but Lightning starts a fresh shuffle for
+the rest of that epoch with plain DataLoaders (it only replays a sampler that has ``state_dict``), so the
+rest of that one epoch sees other samples than the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def _first_set(*values: Any) -> Any:
+    """``${first_set:${resume},outputs/...}``: the first value that is not null/empty."""
+    return next((value for value in values if value not in (None, "", "None", "null")), None)
+
+
+if not OmegaConf.has_resolver("first_set"):
+    OmegaConf.register_new_resolver("first_set", _first_set)
+
+
+# ----- random state -----
+def capture_rng_state() -> dict:
+    """All global random states, as plain tensors/ints so the checkpoint loads with ``weights_only=True``."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    numpy_state = state["numpy"]
+    np.random.set_state((
+        numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+        numpy_state["has_gauss"], numpy_state["gauss"],
+    ))
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("torch_cuda")
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+class RandomStateCheckpoint(pl.Callback):
+    """Saves the random states in every checkpoint and restores them when training resumes from it.
+
+    Restored while Lightning restores callbacks, i.e. before the first training DataLoader iterator is
+    created (the sanity check in between runs under Lightning's ``isolate_rng``). Under DDP the state
+    of rank 0 is saved and restored on every rank (ranks seeded alike stay alike).
+    """
+
+    def state_dict(self) -> dict:
+        return capture_rng_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        restore_rng_state(state_dict)
+
+
+# ----- atomic checkpoint files -----
+class NonFiniteCheckpointError(RuntimeError):
+    """Refused to write a checkpoint whose weights hold NaN/Inf (the previous file is kept)."""
+
+
+def nonfinite_entries(state_dict: dict) -> list[str]:
+    return [
+        name for name, value in state_dict.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file next to it, fsyncs, then ``os.replace``-s it into place.
+
+    Lightning's own ``_atomic_save`` writes through an fsspec transaction whose temporary file lives in
+    the system temp folder; when that is another file system than the run folder (a common cluster
+    setup), the final move is a copy, so a kill during it leaves a truncated ``last.ckpt``. A rename
+    within one folder is atomic: a reader sees the old file or the new one, never half of one.
+    It also refuses to overwrite a good checkpoint with non-finite weights. Remote URLs (s3://...) go
+    through Lightning's default path.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any | None = None) -> None:
+        bad = nonfinite_entries(checkpoint.get("state_dict", {}))
+        if bad:
+            raise NonFiniteCheckpointError(
+                f"refusing to write {path}: {len(bad)} weight tensors hold NaN/Inf, e.g. {bad[:4]}; "
+                "the previous checkpoint is kept"
+            )
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable (best effort: not every file system allows it)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError:
+            pass
+
+
+# ----- mid-epoch checkpoints -----
+class IntervalCheckpoint(ModelCheckpoint):
+    """Refreshes ``last.ckpt`` every ``every_n_train_steps`` optimizer steps and/or every ``every_n_minutes``
+    of training, between the per-epoch checkpoints (which write the same file).
+
+    Lightning's ModelCheckpoint ignores ``train_time_interval`` under manual optimization (2.6: its
+    manual-optimization branch only looks at ``every_n_train_steps``), and GANs here optimize manually,
+    hence this small subclass. Steps count optimizer steps like ``trainer.max_steps`` (2 per batch for
+    pix2pix, 3 for CycleGAN); the time decision is rank 0's, broadcast, so DDP ranks save together.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None, every_n_minutes: float | None = None):
+        super().__init__(
+            dirpath=dirpath, save_top_k=0, save_last=True, every_n_epochs=0, enable_version_counter=False
+        )
+        self.save_every_steps = every_n_train_steps or 0
+        self.save_every_seconds = None if every_n_minutes is None else 60.0 * every_n_minutes
+        self._next_step: int | None = None
+        self._last_saved_at = time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_saved_at = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.save_every_steps and self.save_every_seconds is None:
+            return
+        step = trainer.global_step
+        if self._next_step is None:
+            self._next_step = (step // self.save_every_steps + 1) * self.save_every_steps if self.save_every_steps else 0
+        due = bool(self.save_every_steps) and step >= self._next_step
+        if self.save_every_seconds is not None:
+            due = bool(trainer.strategy.broadcast(
+                due or time.monotonic() - self._last_saved_at >= self.save_every_seconds
+            ))
+        if not due or self._should_skip_saving_checkpoint(trainer):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_saved_at = time.monotonic()
+        if self.save_every_steps:
+            self._next_step = (step // self.save_every_steps + 1) * self.save_every_steps
+
+
+# ----- which checkpoint to resume from -----
+def resume_checkpoint(ckpt_path: str | None, resume: str | None) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from.
+
+    ``ckpt_path=FILE`` resumes from that file into a new run folder; ``resume=RUN_DIR`` continues the
+    run in its own folder (``hydra.run.dir`` is set to RUN_DIR by conf/train.yaml) from
+    ``RUN_DIR/checkpoints/last.ckpt``, or starts it if that does not exist yet, so the same command can
+    be re-submitted after every preemption.
+    """
+    if ckpt_path and resume:
+        raise ValueError("give either ckpt_path=FILE (resume into a new run folder) or resume=RUN_DIR, not both")
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        return str(ckpt_path)
+    if not resume:
+        return None
+    run_dir = Path(resume)
+    if run_dir.is_file():
+        raise ValueError(f"resume= takes a run folder, got the file {run_dir}; use ckpt_path={run_dir}")
+    last = run_dir / LAST_CHECKPOINT
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    log.info("resume=%s: no %s yet, starting the run there", run_dir, LAST_CHECKPOINT)
+    return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."if isinstance(value, dict) else f"{prefix}{key}"))
+    return flat
+
+
+IGNORED_ON_RESUME = ("paths.", "ckpt_path", "resume", "trainer.max_epochs", "trainer.max_steps")
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Keys whose value differs between the checkpoint's run config and the resuming one."""
+    old, new = _flatten(saved), _flatten(current)
+    return sorted(
+        key for key in set(old) | set(new)
+        if old.get(key, "<unset>") != new.get(key, "<unset>") and not key.startswith(IGNORED_ON_RESUME)
+    )

@@ -1,0 +1,166 @@
+"""Bad input fails early and clearly (or is skipped when asked), naming the file or key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from PIL import Image
+
+from gan_translate.checkpoint import CheckpointError, model_from_checkpoint
+from gan_translate.data import AlignedDataModule, UnalignedDataModule
+from gan_translate.data.datasets import AlignedDataset, DataError, UnalignedDataset, convert
+from gan_translate.data.transforms import build_transform
+from gan_translate.models import CycleGAN
+from gan_translate.predict import predict
+from gan_translate.train import CONF_DIR
+
+
+def save_pair(path, size=32):
+    noise = torch.randint(0, 256, (size, 2 * size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(noise.numpy()).save(path)  # noise: most of the file is pixel data, after the header
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+@pytest.fixture
+def aligned_root(tmp_path):
+    (tmp_path / "train").mkdir()
+    for i in range(4):
+        save_pair(tmp_path / "train" / f"{i}.jpg")
+    return tmp_path
+
+
+def test_truncated_image_error_names_the_file(aligned_root):
+    truncate(aligned_root / "train/2.jpg")
+    dataset = AlignedDataset(aligned_root, "train")  # the header is intact: caught at load time
+    with pytest.raises(DataError, match=r"2\.jpg"):
+        dataset[2]
+
+
+def test_corrupt_file_fails_at_construction(aligned_root):
+    (aligned_root / "train/bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"bad\.png"):
+        AlignedDataset(aligned_root, "train")
+
+
+def test_skip_mode_replaces_bad_items_and_counts_them(aligned_root):
+    truncate(aligned_root / "train/1.jpg")
+    truncate(aligned_root / "train/3.jpg")
+    datamodule = AlignedDataModule(root=str(aligned_root), preprocess="none", num_workers=0, on_bad_image="skip")
+    datamodule.setup("fit")
+    with pytest.warns(UserWarning, match=r"1\.jpg"):
+        items = [datamodule.train_set[i] for i in range(len(datamodule.train_set))]
+    assert [item["name"] for item in items] == ["0", "2", "2", "0"]
+    assert datamodule.train_set.skipped == 2
+    with pytest.raises(DataError, match="on_bad_image"):
+        AlignedDataModule(root=str(aligned_root), on_bad_image="ignore")
+
+
+def test_odd_width_pair_is_rejected(tmp_path):
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (63, 32)).save(tmp_path / "train/odd.png")
+    with pytest.raises(DataError, match=r"odd\.png is 63x32"):
+        AlignedDataset(tmp_path, "train", square_halves=False)
+
+
+def test_image_modes_are_converted_and_16_bit_is_scaled():
+    assert convert(Image.new("L", (4, 4), 7), 3).mode == "RGB"
+    assert convert(Image.new("RGBA", (4, 4), (10, 20, 30, 0)), 3).getpixel((0, 0)) == (10, 20, 30)
+    palette = Image.new("P", (4, 4))
+    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    assert convert(palette, 3).getpixel((0, 0)) == (200, 100, 50)
+    assert convert(Image.new("RGB", (4, 4), (255, 0, 0)), 1).mode == "L"
+    sixteen = Image.new("I;16", (2, 1))
+    sixteen.putpixel((0, 0), 65535)
+    sixteen.putpixel((1, 0), 32768)
+    converted = convert(sixteen, 1)
+    assert (converted.getpixel((0, 0)), converted.getpixel((1, 0))) == (255, 128)  # scaled, not clipped at 255
+
+
+def test_image_smaller_than_crop_names_the_file(tmp_path):
+    for domain in "AB":
+        (tmp_path / f"train{domain}").mkdir()
+        Image.new("RGB", (20, 20)).save(tmp_path / f"train{domain}/small_{domain}.png")
+    dataset = UnalignedDataset(tmp_path, "train", transform_a=build_transform("crop", crop_size=32))
+    with pytest.raises(DataError, match=r"small_A\.png \(20x20\).*resize_and_crop"):
+        dataset[0]
+    # resize_and_crop upscales first: documented as the way to use small images
+    upscaled = UnalignedDataset(tmp_path, "train", transform_a=build_transform("resize_and_crop", 36, 32))
+    assert upscaled[0]["A"].shape[-2:] == (32, 32)
+
+
+def test_missing_or_empty_folders_and_missing_domain(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        AlignedDataModule(root=str(tmp_path / "nowhere"))
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="contains no images"):
+        AlignedDataset(tmp_path, "train")
+    (tmp_path / "trainA").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "trainA/a.png")
+    with pytest.raises(DataError, match="trainB/ is missing"):
+        UnalignedDataModule(root=str(tmp_path))
+
+
+def test_config_typo_names_the_key():
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="nonfinte"):
+            compose("train", overrides=["model.nonfinte=skip"])
+        with pytest.raises(ConfigCompositionException, match="generatr"):
+            compose("train", overrides=["generatr=unet_64"])
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory):
+    """A checkpoint written by a real (one-batch) training run."""
+    from gan_translate.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "generator.ngf=8", "discriminator.ndf=8", "data.train_length=4", "data.val_length=4",
+            "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+            "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null", "callbacks.samples=null",
+            "callbacks.lr_monitor=null", "logger=none", f"paths.output_dir={out}",
+        ])
+    train(cfg)
+    return out / "checkpoints/last.ckpt"
+
+
+def test_real_checkpoint_loads_with_weights_only(real_checkpoint):
+    checkpoint = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
+    assert "RandomStateCheckpoint" in checkpoint["callbacks"]
+    assert model_from_checkpoint(real_checkpoint) is not None
+
+
+def test_wrong_model_type_and_mismatched_architecture(real_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="not a CycleGAN"):
+        model_from_checkpoint(real_checkpoint, expected=CycleGAN)
+    checkpoint = torch.load(real_checkpoint, map_location="cpu", weights_only=True)
+    checkpoint["gan_translate"]["config"]["model"]["generator"]["ngf"] = 16
+    changed = tmp_path / "changed.ckpt"
+    torch.save(checkpoint, changed)
+    with pytest.raises(CheckpointError, match=r"other shape: \d+ keys, e.g. \['generator\."):
+        model_from_checkpoint(changed)
+
+
+@pytest.mark.parametrize("content", ["torch_dict", "text"])
+def test_predict_refuses_files_that_are_not_our_checkpoints(tmp_path, content):
+    path = tmp_path / "model.ckpt"
+    if content == "text":
+        path.write_text("hello, I am not a checkpoint\n")
+        expected = "not a readable PyTorch checkpoint"
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, path)
+        expected = "not a gan_translate checkpoint"
+    Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+    cfg = OmegaConf.load(f"{CONF_DIR}/predict.yaml")
+    cfg.merge_with({"ckpt_path": str(path), "input": str(tmp_path / "in.png"), "output_dir": str(tmp_path / "o")})
+    with pytest.raises(CheckpointError, match=expected):
+        predict(cfg)

@@ -1,0 +1,117 @@
+"""Resume is exact at epoch boundaries; checkpoints are written atomically and never with NaN weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from gan_translate.resume import AtomicCheckpointIO, NonFiniteCheckpointError, resume_checkpoint
+from gan_translate.train import CONF_DIR, train
+
+REPO = Path(__file__).resolve().parent.parent
+# 64 px (the U-Net/PatchGAN minimum), widths 8, 3 batches of 4 per epoch, nothing but checkpoints written.
+TINY = [
+    "generator.ngf=8", "discriminator.ndf=8", "data.train_length=12", "data.val_length=4", "data.batch_size=4",
+    "data.num_workers=0", "trainer.accelerator=cpu", "trainer.deterministic=true", "trainer.num_sanity_val_steps=0",
+    "callbacks.progress_bar=null", "callbacks.samples=null", "callbacks.lr_monitor=null", "logger=none", "seed=7",
+]
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[*TINY, *overrides])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
+    """pix2pix with dropout and random flips: every random draw after the resume must match."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    train(compose_train("trainer.max_epochs=2", f"paths.output_dir={full}"))
+    # Stop after epoch 0 (3 batches x 2 optimizer steps), like a job that ran out of time ...
+    train(compose_train("trainer.max_epochs=2", "trainer.max_steps=6", f"paths.output_dir={split}"))
+    assert torch.load(split / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+    # ... then continue the run in its folder.
+    train(compose_train("trainer.max_epochs=2", f"resume={split}", f"paths.output_dir={split}"))
+    assert torch.load(split / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 12
+    assert_same_weights(full / "checkpoints/last.ckpt", split / "checkpoints/last.ckpt")
+
+
+@pytest.mark.slow
+def test_cyclegan_resume_restores_image_pools_and_matches(tmp_path):
+    common = ["model=cyclegan", "generator=unet_64", "model.pool_size=6", "data.train_length=8",
+              "trainer.max_epochs=2"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    train(compose_train(*common, f"paths.output_dir={full}"))
+    train(compose_train(*common, "trainer.max_steps=4", f"paths.output_dir={split}"))
+    pools = torch.load(split / "checkpoints/last.ckpt", weights_only=True)["image_pools"]
+    assert pools["fake_A"]["images"].shape[0] == 6  # 2 batches of 4 fakes, capped at the pool size
+    train(compose_train(*common, f"ckpt_path={split / 'checkpoints/last.ckpt'}", f"paths.output_dir={tmp_path / 'r'}"))
+    assert_same_weights(full / "checkpoints/last.ckpt", tmp_path / "r/checkpoints/last.ckpt")
+
+
+def test_resume_dir_without_checkpoint_starts_fresh_and_rejects_conflicts(tmp_path):
+    assert resume_checkpoint(None, str(tmp_path)) is None
+    with pytest.raises(ValueError, match="not both"):
+        resume_checkpoint("a.ckpt", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        resume_checkpoint(str(tmp_path / "missing.ckpt"), None)
+    (tmp_path / "file.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match="ckpt_path="):
+        resume_checkpoint(None, str(tmp_path / "file.ckpt"))
+
+
+def test_interval_checkpoint_refreshes_last_mid_epoch(tmp_path):
+    train(compose_train("trainer.max_epochs=1", "trainer.max_steps=4", "callbacks.best_checkpoint=null",
+                        "callbacks.interval_checkpoint.every_n_train_steps=2", f"paths.output_dir={tmp_path}"))
+    # Saved at optimizer steps 2 and 4, i.e. inside the 3-batch epoch; no epoch-end save happened.
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_atomic_write_keeps_old_checkpoint_on_failure_and_refuses_nan(tmp_path):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    with pytest.raises(NonFiniteCheckpointError, match="w"):
+        io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan")])}}, path)
+    with pytest.raises(Exception):  # noqa: B017 - any pickling error; the point is what stays on disk
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: None}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary files left
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+    """A real `python -m gan_translate.train` killed with SIGKILL after an epoch checkpoint, then resumed."""
+    args = [*TINY, "data.train_length=16", "trainer.max_epochs=6", "callbacks.periodic_checkpoint.every_n_epochs=1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "gan_translate.train", *args, f"resume={run_dir}"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (run_dir / "checkpoints/epoch001.ckpt").exists() and process.poll() is None:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed_at = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["epoch"]
+    assert killed_at < 5, "the run finished before it was killed; nothing was tested"
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    train(compose_train(*args[len(TINY):], f"paths.output_dir={tmp_path / 'full'}"))
+    assert_same_weights(tmp_path / "full/checkpoints/last.ckpt", run_dir / "checkpoints/last.ckpt")
