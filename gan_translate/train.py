@@ -12,8 +12,8 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from pytorch_lightning.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import build_model, load_checkpoint
