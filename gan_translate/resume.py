@@ -157,7 +157,7 @@ class IntervalCheckpoint(ModelCheckpoint):
     Lightning's ModelCheckpoint ignores ``train_time_interval`` under manual optimization (2.6: its
     manual-optimization branch only looks at ``every_n_train_steps``), and GANs here optimize manually,
     hence this small subclass. Steps count optimizer steps like ``trainer.max_steps`` (2 per batch for
-    pix2pix, 3 for CycleGAN); the time decision is rank 0's, broadcast, so DDP ranks save together.
+    pix2pix and CycleGAN); the time decision is rank 0's, broadcast, so DDP ranks save together.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None, every_n_minutes: float | None = None):
@@ -172,6 +172,10 @@ class IntervalCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_saved_at = time.monotonic()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """No save at the end: the per-epoch checkpoint already wrote last.ckpt (ModelCheckpoint would
+        otherwise write it again here, after the epoch counter moved on)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.save_every_steps and self.save_every_seconds is None:
