@@ -13,6 +13,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
@@ -35,6 +36,8 @@ def train(cfg: DictConfig) -> float | None:
     history = ValidationHistory()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history]
     loggers = instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=none: LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(model.run_config)

@@ -73,3 +73,9 @@ def test_wandb_runs_in_one_process_stay_separate(tmp_path, offline_wandb):
     tiny_run(second, ["logger=wandb", "loss.lambda_l1=10"])
     assert _wandb_run_file(first) != _wandb_run_file(second)
     assert b"train/loss_G_L1" in _wandb_run_file(second).read_bytes()
+
+
+def test_no_logger_run_trains(tmp_path):
+    """logger=none with the default callbacks (LearningRateMonitor needs a logger: it is left out)."""
+    assert tiny_run(tmp_path, ["logger=none"]) is not None
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "csv").exists()
