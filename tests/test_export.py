@@ -98,10 +98,28 @@ def test_cyclegan_resnet_onnx_both_directions(cyclegan_ckpt, tmp_path):
     assert not np.allclose(outputs["AtoB"][0], outputs["BtoA"][0], atol=1e-3)
 
 
-def test_cli_writes_default_path_and_rejects_bad_format(pix2pix_ckpt):
-    cmd = [sys.executable, "-m", "gan_translate.export", f"ckpt_path={pix2pix_ckpt}"]
-    done = subprocess.run([*cmd, "format=torchscript"], cwd=ROOT, capture_output=True, text=True)
+def test_export_config_drives_the_entry_point(pix2pix_ckpt, tmp_path):
+    """conf/export.yaml composed as the CLI does, passed to the entry point's function (no subprocess)."""
+    from hydra import compose, initialize_config_dir
+
+    from gan_translate import export
+
+    with initialize_config_dir(config_dir=export.CONF_DIR, version_base="1.3"):
+        cfg = compose("export", overrides=[f"ckpt_path={pix2pix_ckpt}", f"output={tmp_path / 'cfg.onnx'}"])
+    path = export.main.__wrapped__(cfg)
+    assert path == tmp_path / "cfg.onnx" and path.is_file()
+
+
+@pytest.mark.slow
+def test_cli_writes_default_path(pix2pix_ckpt):
+    cmd = [sys.executable, "-m", "gan_translate.export", f"ckpt_path={pix2pix_ckpt}", "format=torchscript"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert pix2pix_ckpt.with_name("last.torchscript.pt").is_file()
-    done = subprocess.run([*cmd, "format=tflite"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode != 0 and "format must be one of" in done.stderr + done.stdout
+
+
+def test_bad_format_and_direction_are_named(pix2pix_ckpt, cyclegan_ckpt):
+    with pytest.raises(ValueError, match="format must be one of"):
+        export_generator(pix2pix_ckpt, format="tflite")
+    with pytest.raises(ValueError, match="direction must be AtoB or BtoA"):
+        export_generator(cyclegan_ckpt, direction="sideways")
