@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
@@ -86,3 +87,16 @@ class ValidationHistory(pl.Callback):
         if not values:
             return None
         return f"{metric}: first validation {values[0]:.4f}, best {min(values):.4f}, last {values[-1]:.4f}"
+
+
+class LossProgressBar(RichProgressBar):
+    """Rich progress bar showing the loss terms under short names (``G_L1`` for ``train/loss_G_L1``).
+
+    The full names plus Lightning's ``v_num`` wrap over several lines on an 80-100 column terminal;
+    loggers keep the full names.
+    """
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return {name.removeprefix("train/").removeprefix("loss_"): value for name, value in metrics.items()}

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import build_model, load_checkpoint
@@ -67,6 +68,10 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
         if summary:
             log.info(summary)
         log.info("run folder: %s", cfg.paths.output_dir)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            # Lightning reuses an unfinished W&B run: the next job of a sweep would log into this one.
+            logger.experiment.finish()
     value = trainer.callback_metrics.get(metric)
     return None if value is None else float(value)
 

@@ -102,8 +102,15 @@ class Translator:
     @torch.no_grad()
     def translate(self, images: torch.Tensor) -> torch.Tensor:
         """N x C x H x W (or C x H x W) in [-1, 1] -> same layout and size, in [-1, 1]."""
+        if not torch.is_tensor(images) or images.dim() not in (3, 4) or not images.is_floating_point():
+            raise ValueError(
+                "Translator expects a float tensor in [-1, 1] shaped C x H x W or N x C x H x W, got "
+                f"{getattr(images, 'dtype', type(images).__name__)} of shape {tuple(getattr(images, 'shape', ()))}"
+            )
         single = images.dim() == 3
         batch = (images.unsqueeze(0) if single else images).to(self.device, torch.float32)
+        if batch.size(1) != self.input_nc:
+            raise ValueError(f"the model takes {self.input_nc}-channel images, got {batch.size(1)} channels")
         height, width = batch.shape[-2:]
         batch, restore = self._fit_size(batch)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):

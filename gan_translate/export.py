@@ -1,0 +1,167 @@
+"""Export a trained generator to ONNX or TorchScript, for serving without gan_translate.
+
+    python -m gan_translate.export ckpt_path=X format=onnx|torchscript [output=PATH] [direction=AtoB|BtoA]
+
+The exported graph is the generator in eval mode: dropout off and batch norm normalising with the
+running statistics learned in training (the reference's ONNX export traces train-mode layers, so its
+outputs depend on the batch and on random dropout). ``batch_stats=true`` exports batch norm that
+normalises with each input batch's own statistics instead, like ``Translator(batch_stats=True)``.
+
+Input: ``N x C x H x W`` float32 in [-1, 1]; output: ``N x output_nc x H x W`` in [-1, 1]. Batch size and
+spatial size are dynamic; H and W must be multiples of the generator's ``size_divisor`` (U-Net:
+2**num_downs, e.g. 64 for unet_64, 256 for unet_256; ResNet: 4), which is stored in the file's metadata
+(ONNX metadata_props / TorchScript extra file ``gan_translate.json``). Pad or resize other sizes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from gan_translate.translator import Translator
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+log = logging.getLogger(__name__)
+
+
+class BatchStatisticsNorm(nn.Module):
+    """Batch norm that always uses the current batch's mean and variance (plain ops, so it exports)."""
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        channels = norm.num_features
+        weight = norm.weight.detach().clone() if norm.affine else torch.ones(channels)
+        bias = norm.bias.detach().clone() if norm.affine else torch.zeros(channels)
+        self.register_buffer("weight", weight.view(1, -1, 1, 1))
+        self.register_buffer("bias", bias.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+def with_batch_statistics(module: nn.Module) -> nn.Module:
+    """Replace every batch norm in ``module`` (in place) by a :class:`BatchStatisticsNorm`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, BatchStatisticsNorm(child))
+        else:
+            with_batch_statistics(child)
+    return module
+
+
+def default_output(ckpt_path: str | Path, fmt: str, direction: str | None) -> Path:
+    ckpt_path = Path(ckpt_path)
+    suffix = f"_{direction}" if direction else ""
+    return ckpt_path.with_name(f"{ckpt_path.stem}{suffix}{FORMATS[fmt]}")
+
+
+def export_generator(
+    ckpt_path: str | Path,
+    format: str = "onnx",
+    output: str | Path | None = None,
+    direction: str | None = None,
+    batch_stats: bool = False,
+    example_size: int | None = None,
+    opset: int = 17,
+) -> Path:
+    """Write the generator of ``ckpt_path`` as ONNX or TorchScript and return the file's path."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    translator = Translator.from_checkpoint(ckpt_path, direction=direction, device="cpu")
+    generator = translator.generator  # an eval-mode copy without gradients
+    if batch_stats:
+        generator = with_batch_statistics(generator)
+    divisor = translator.size_divisor
+    size = example_size or translator.train_size or divisor
+    size = max(divisor, -(-size // divisor) * divisor)  # the next multiple the generator can take
+    # Two images: a batch of one lets tracing treat the batch size as a constant.
+    example = torch.zeros(2, translator.input_nc, size, size).uniform_(-1, 1)
+    metadata = {
+        "input_nc": translator.input_nc,
+        "size_divisor": divisor,
+        "direction": direction or translator.config.get("data", {}).get("direction"),
+        "value_range": [-1, 1],
+        "normalization": "batch_statistics" if batch_stats else "running_statistics",
+        "source_checkpoint": Path(ckpt_path).name,
+    }
+    output = Path(output) if output else default_output(ckpt_path, format, direction)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if format == "onnx":
+        export_onnx(generator, example, output, metadata, opset)
+    else:
+        export_torchscript(generator, example, output, metadata)
+    log.info("wrote %s (%s; H and W must be multiples of %d)", output, format, divisor)
+    return output
+
+
+@contextlib.contextmanager
+def quiet_tracing():
+    """Hide tracing notes that do not apply here: the exporter's deprecation notice, instance norm's
+    size check (a trace-time constant) and 'instance_norm train=True' (it always uses input statistics)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*(instance_norm|Constant folding).*", category=UserWarning)
+        yield
+
+
+def export_onnx(generator: nn.Module, example: torch.Tensor, output: Path, metadata: dict, opset: int) -> None:
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError("ONNX export needs the onnx package: pip install 'gan_translate[export]'") from error
+    axes = {0: "batch", 2: "height", 3: "width"}
+    # The TorchScript-based exporter: it keeps batch, height and width dynamic for these conv nets and
+    # needs no onnxscript; the dynamo exporter specialises the U-Net's spatial size in torch 2.x.
+    with quiet_tracing():
+        torch.onnx.export(
+            generator,
+            (example,),
+            str(output),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes},
+            opset_version=opset,
+        )
+    model = onnx.load(str(output))
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(output))
+
+
+def export_torchscript(generator: nn.Module, example: torch.Tensor, output: Path, metadata: dict) -> None:
+    with quiet_tracing():
+        traced = torch.jit.trace(generator, example)
+        torch.jit.save(traced, str(output), _extra_files={"gan_translate.json": json.dumps(metadata)})
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> Path:
+    return export_generator(
+        cfg.ckpt_path,
+        format=cfg.format,
+        output=cfg.output,
+        direction=cfg.direction,
+        batch_stats=cfg.batch_stats,
+        example_size=cfg.example_size,
+        opset=cfg.opset,
+    )
+
+
+if __name__ == "__main__":
+    main()
