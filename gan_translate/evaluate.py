@@ -48,11 +48,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
         raise FileNotFoundError(f"split {cfg.split!r} not found under data.root={data_cfg.get('root')}")
 
     direction = cfg.direction
+    batch_stats = model.test_batch_stats if cfg.batch_stats is None else cfg.batch_stats
     translator = Translator(
         model.generator_for(direction), input_nc=model.source_channels(direction), device=cfg.device,
-        dropout=cfg.dropout,
-        batch_stats=model.test_batch_stats if cfg.batch_stats is None else cfg.batch_stats,
+        dropout=cfg.dropout, batch_stats=batch_stats,
     )
+    # With batch statistics, each image is normalised on its own, as in the reference's batch-size-1 test.
+    batch_size = 1 if batch_stats else cfg.batch_size
     metrics = build_metrics(cfg.metrics, paired=model.paired, l1=True)
     if metrics is None:
         raise ValueError("metrics=none leaves nothing to evaluate; choose metrics=default or metrics=full")
@@ -61,7 +63,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     source_key, target_key = ("B", "A") if direction == "BtoA" else ("A", "B")
     samples: dict[str, list[torch.Tensor]] = {"source": [], "output": [], "target": []}
     count = 0
-    for batch in DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0):
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0):
         source, target = batch[source_key], batch[target_key].to(translator.device)
         output = translator.translate(source)
         metrics.update(output, target)
