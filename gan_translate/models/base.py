@@ -14,6 +14,7 @@ logged against batches. ``trainer.max_steps`` is therefore in optimizer steps.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 import gan_translate
 
 CHECKPOINT_KEY = "gan_translate"
+log = logging.getLogger(__name__)
 
 
 def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int) -> nn.Module:
@@ -81,10 +83,15 @@ class GANModule(pl.LightningModule):
 
     # ----- setup -----
     def configure_model(self) -> None:
-        for network in self.networks().values():
+        # aot_autograd has no double backward, which the WGAN-GP penalty takes through the discriminators.
+        double_backward = getattr(getattr(self, "loss", None), "uses_gradient_penalty", False)
+        for name, network in self.networks().items():
             if self.channels_last:
                 network.to(memory_format=torch.channels_last)
             if self.compile_networks:
+                if double_backward and name.startswith("discriminator"):
+                    log.info("model.compile: %s stays eager (the gradient penalty needs double backward)", name)
+                    continue
                 network.compile()  # in place: state_dict keys stay unprefixed
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,9 +119,13 @@ class GANModule(pl.LightningModule):
     def optimization_step(self, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        optimizer.step()  # clipping happens in on_before_optimizer_step
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside optimizer.step(), after 16-mixed's GradScaler has unscaled the
+        # gradients; clipping right after manual_backward would clip the scaled ones.
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
