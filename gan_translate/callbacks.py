@@ -68,11 +68,32 @@ class SampleGrid(pl.Callback):
                 logger.experiment.add_image("samples", grid, global_step=epoch)
 
 
+HISTORY_PREFIX = "history/"
+
+
 class ValidationHistory(pl.Callback):
-    """Keeps each validation's logged metrics, so a run can report how a metric moved."""
+    """Keeps each validation's logged metrics, so a run can report how a metric moved.
+
+    Under ``ddp_spawn`` fit runs in worker processes and only ``trainer.callback_metrics`` (tensors) comes
+    back to the main process, so ``on_fit_end`` puts each metric's history there as one tensor
+    (``history/<metric>``) and ``restore`` reads it back.
+    """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self.carried: dict[str, list[float]] = {}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        for metric in sorted({key for epoch in self.epochs for key in epoch if key != "epoch"}):
+            trainer.callback_metrics[HISTORY_PREFIX + metric] = torch.tensor(self.values(metric))
+
+    def restore(self, callback_metrics: dict) -> None:
+        """Take the history from a (spawned) fit's returned callback metrics when this process saw none."""
+        if not self.epochs:
+            self.carried = {
+                key.removeprefix(HISTORY_PREFIX): [float(v) for v in value.reshape(-1)]
+                for key, value in callback_metrics.items() if key.startswith(HISTORY_PREFIX)
+            }
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -80,6 +101,8 @@ class ValidationHistory(pl.Callback):
             self.epochs.append({"epoch": trainer.current_epoch, **metrics})
 
     def values(self, metric: str) -> list[float]:
+        if not self.epochs:
+            return list(self.carried.get(metric, []))
         return [epoch[metric] for epoch in self.epochs if metric in epoch]
 
     def summary(self, metric: str) -> str | None:

@@ -56,13 +56,20 @@ def gradient_penalty(
     fake: torch.Tensor,
     target_norm: float = 1.0,
 ) -> torch.Tensor:
-    """WGAN-GP: (||grad_x D(x)||_2 - target_norm)^2 at random interpolates of real and fake samples."""
-    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device, dtype=real.dtype)
-    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    scores = discriminator(mixed)
-    (grads,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
-    norms = grads.float().flatten(1).norm(2, dim=1)
-    return ((norms - target_norm) ** 2).mean()
+    """WGAN-GP: (||grad_x D(x)||_2 - target_norm)^2 at random interpolates of real and fake samples.
+
+    Computed in fp32 even inside a mixed-precision autocast region: fp16 input gradients underflow
+    (the GradScaler only scales the final loss, not this inner ``autograd.grad``) and bf16 ones are too
+    coarse for a norm; the extra cost is one D pass of one batch.
+    """
+    real, fake = real.detach().float(), fake.detach().float()
+    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    with torch.autocast(real.device.type, enabled=False):
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        scores = discriminator(mixed)
+        (grads,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
+        norms = grads.flatten(1).norm(2, dim=1)
+        return ((norms - target_norm) ** 2).mean()
 
 
 class Pix2PixLoss(nn.Module):

@@ -62,6 +62,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    history.restore(trainer.callback_metrics)  # ddp_spawn: the history lived in the worker processes
     metric = cfg.monitor.metric
     if trainer.is_global_zero:
         summary = history.summary(metric)

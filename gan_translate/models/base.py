@@ -15,6 +15,7 @@ logged against batches. ``trainer.max_steps`` is therefore in optimizer steps.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -28,6 +29,7 @@ import gan_translate
 from gan_translate.networks.layers import use_batch_statistics
 
 CHECKPOINT_KEY = "gan_translate"
+log = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 
 
@@ -110,10 +112,15 @@ class GANModule(pl.LightningModule):
 
     # ----- setup -----
     def configure_model(self) -> None:
-        for network in self.networks().values():
+        # aot_autograd has no double backward, which the WGAN-GP penalty takes through the discriminators.
+        double_backward = getattr(getattr(self, "loss", None), "uses_gradient_penalty", False)
+        for name, network in self.networks().items():
             if self.channels_last:
                 network.to(memory_format=torch.channels_last)
             if self.compile_networks:
+                if double_backward and name.startswith("discriminator"):
+                    log.info("model.compile: %s stays eager (the gradient penalty needs double backward)", name)
+                    continue
                 network.compile()  # in place: state_dict keys stay unprefixed
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,9 +152,13 @@ class GANModule(pl.LightningModule):
             return
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        optimizer.step()  # clipping happens in on_before_optimizer_step
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this inside optimizer.step(), after 16-mixed's GradScaler has unscaled the
+        # gradients; clipping right after manual_backward would clip the scaled ones.
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
 
     def _loss_is_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).all().float()
