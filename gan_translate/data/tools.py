@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+from gan_translate.data.datasets import IMAGE_EXTENSIONS
+
+IMG_EXTENSIONS = IMAGE_EXTENSIONS  # one list of readable extensions for the whole package
 SPLITS = ("train", "val", "test")
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg")}
 RESAMPLE = Image.Resampling.BICUBIC

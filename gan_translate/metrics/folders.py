@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .translation import TranslationMetrics
+from gan_translate.data.datasets import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .translation import TranslationMetrics
 
 __all__ = ["IMAGE_EXTENSIONS", "evaluate_folders", "list_images", "load_image"]
 
