@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,23 +50,36 @@ def _fid_missing_message(detail: str) -> str:
     )
 
 
+def explicit_weights(
+    value: str | os.PathLike | None, key: str, env_var: str, filename: str, missing: Callable[[str], str]
+) -> Path | None:
+    """The weights file named by a setting (``key``) or, when that is unset, by ``env_var``; ``None`` if neither.
+
+    A folder means ``folder/filename``. A named file that does not exist is an error (``missing`` builds its
+    message) rather than a silent fallback to a cache.
+    """
+    source = key
+    if value is None or str(value) == "":
+        value, source = os.environ.get(env_var, ""), f"${env_var}"
+    if value is None or str(value) == "":
+        return None
+    path = Path(os.path.expanduser(str(value)))
+    if path.is_dir():
+        path = path / filename
+    if not path.is_file():
+        raise MissingWeightsError(missing(f"{source}={value!s}: no such file {path}"))
+    return path
+
+
 def resolve_fid_weights(fid_weights: str | os.PathLike | None = None) -> Path | None:
     """Return the path of the FID TorchScript file to use, or ``None`` if none is configured or cached.
 
     An explicitly given path (argument or environment variable) that does not exist is an error rather than
     silently falling back. A directory is accepted if it contains ``fid_inception_v3.pt``.
     """
-    source = "metrics.fid_weights"
-    if fid_weights is None or str(fid_weights) == "":
-        env = os.environ.get(FID_WEIGHTS_ENV, "")
-        if env:
-            fid_weights, source = env, f"${FID_WEIGHTS_ENV}"
-    if fid_weights is not None and str(fid_weights) != "":
-        path = Path(os.path.expanduser(str(fid_weights)))
-        if path.is_dir():
-            path = path / FID_WEIGHTS_FILENAME
-        if not path.is_file():
-            raise MissingWeightsError(_fid_missing_message(f"{source}={fid_weights!s}: no such file {path}"))
+    path = explicit_weights(fid_weights, "metrics.fid_weights", FID_WEIGHTS_ENV, FID_WEIGHTS_FILENAME,
+                            _fid_missing_message)
+    if path is not None:
         return path
     cached = default_cache_dir() / FID_WEIGHTS_FILENAME
     return cached if cached.is_file() else None

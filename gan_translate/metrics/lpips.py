@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from .features import MissingWeightsError, default_cache_dir
+from .features import MissingWeightsError, default_cache_dir, explicit_weights
 
 LPIPS_WEIGHTS_ENV = "GAN_TRANSLATE_LPIPS_WEIGHTS"
 LPIPS_FETCH_SCRIPT = "../shared/tools/fetch_lpips_backbone.sh"
@@ -56,19 +56,10 @@ def resolve_lpips_backbone(net: str, lpips_weights: str | os.PathLike | None = N
     if net not in _BACKBONES:
         raise ValueError(f"metrics.lpips_net must be one of {sorted(_BACKBONES)}, got {net!r}")
     fname = f"{_BACKBONES[net]}_features.pth"
-    source = "metrics.lpips_weights"
-    if lpips_weights is None or str(lpips_weights) == "":
-        env = os.environ.get(LPIPS_WEIGHTS_ENV, "")
-        if env:
-            lpips_weights, source = env, f"${LPIPS_WEIGHTS_ENV}"
-    if lpips_weights is not None and str(lpips_weights) != "":
-        path = Path(os.path.expanduser(str(lpips_weights)))
-        if path.is_dir():
-            path = path / fname
-        if not path.is_file():
-            raise MissingWeightsError(
-                _lpips_missing_message(net, f"{source}={lpips_weights!s}: no such file {path}")
-            )
+    path = explicit_weights(
+        lpips_weights, "metrics.lpips_weights", LPIPS_WEIGHTS_ENV, fname, lambda why: _lpips_missing_message(net, why)
+    )
+    if path is not None:
         return path
     for candidate in (default_cache_dir() / fname, _torchvision_cached_backbone(net)):
         if candidate is not None and candidate.is_file():
