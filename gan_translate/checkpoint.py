@@ -36,7 +36,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read on first use, so reading only the config (e.g. on resume) stays cheap.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # unpickling errors come in many types
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
