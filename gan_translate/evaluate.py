@@ -51,7 +51,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     batch_stats = model.test_batch_stats if cfg.batch_stats is None else cfg.batch_stats
     translator = Translator(
         model.generator_for(direction), input_nc=model.source_channels(direction), device=cfg.device,
-        dropout=cfg.dropout, batch_stats=batch_stats,
+        dropout=cfg.dropout, batch_stats=batch_stats, compile=cfg.compile,
     )
     # With batch statistics, each image is normalised on its own, as in the reference's batch-size-1 test.
     batch_size = 1 if batch_stats else cfg.batch_size

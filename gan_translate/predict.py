@@ -53,6 +53,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         dropout=cfg.dropout,
         batch_stats=cfg.batch_stats,
         size_policy=cfg.size_policy,
+        compile=cfg.compile,
     )
     files = input_files(cfg.input)
     output_dir = Path(cfg.output_dir)

@@ -11,6 +11,9 @@ Test-time behaviour is explicit (the reference's exports and test script differ 
   ``pad`` reflect-pads to the next multiple and crops back (keeps the pixel scale, default);
   ``resize`` resizes to the nearest multiple and back; ``train_size`` resizes to the training
   crop size and back (the scale the model saw in training).
+- ``compile=True`` compiles the generator with inductor's *freezing* (weights become constants: conv and
+  batch norm are folded and weights pre-packed for oneDNN): ~1.7x faster on a 2-core CPU for unet_256 at
+  256 px. The first call per input shape compiles (tens of seconds); worth it for folders, not one image.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import copy
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
@@ -38,6 +42,23 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+class FrozenCompiled(nn.Module):
+    """``torch.compile`` of an inference-only network with inductor's freezing on.
+
+    Freezing is an inductor config read when a graph is compiled, i.e. at the first call of each new input
+    shape, so it is switched on around every call rather than once (``torch.compile(options=...)``
+    does not carry it)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.compiled = torch.compile(network)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return self.compiled(images)
+
+
 class Translator:
     """Runs one generator of a trained model on PIL images or tensors in [-1, 1]."""
 
@@ -53,6 +74,7 @@ class Translator:
         batch_stats: bool = False,
         size_policy: str = "pad",
         config: dict | None = None,
+        compile: bool = False,
     ) -> None:
         if size_policy not in SIZE_POLICIES:
             raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
@@ -60,6 +82,8 @@ class Translator:
             raise ValueError(f"precision must be '32', 'bf16' or '16', got {precision!r}")
         self.device = _resolve_device(device)
         self.generator = self._inference_copy(generator, dropout, batch_stats).to(self.device)
+        if compile:
+            self.generator = FrozenCompiled(self.generator)
         self.input_nc = input_nc
         self.size_divisor = size_divisor or getattr(generator, "size_divisor", 1)
         self.train_size = train_size

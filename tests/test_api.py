@@ -93,3 +93,18 @@ def test_bad_inputs_are_named(checkpoint):
         translator(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="precision must be"):
         Translator.from_checkpoint(checkpoint, precision="8")
+
+
+# Inductor builds C++ with gcc on the CPU: tens of seconds per graph, so one case runs by default.
+@pytest.mark.parametrize("batch_stats", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_compiled_translator_matches_eager(checkpoint, batch_stats):
+    from torch._dynamo.utils import counters
+
+    batch = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    eager = Translator.from_checkpoint(checkpoint, device="cpu", batch_stats=batch_stats)
+    compiled = Translator.from_checkpoint(checkpoint, device="cpu", batch_stats=batch_stats, compile=True)
+    frames = counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(compiled(batch), eager(batch), atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] > frames  # inductor compiled a graph, not an eager fallback
+    if batch_stats:  # a size that needs padding: a second graph, through the same compiled generator
+        assert compiled(_random_pil(45, 37)).size == (45, 37)

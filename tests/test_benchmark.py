@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -9,6 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from tiny_runs import tiny_config
+
+from gan_translate.benchmark import REFERENCE_STEPS
+from gan_translate.checkpoint import build_model
+from gan_translate.models.image_pool import ImagePool
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["size=32", "ngf=8", "ndf=8", "warmup=1", "iterations=1", "inference_iterations=1", "data_batches=1",
@@ -34,10 +43,19 @@ def check_report(report: dict, models: list[str], modes: list[str]) -> None:
         assert summary["flops_per_iteration"] > 0
         for r in summary["modes"]:
             for key in ("s_per_iteration", "images_per_s", "generator_forward_s", "peak_rss_gb", "throughput_ratio",
-                        "inference_speedup", "memory_ratio", "achieved_gflops", "fraction_of_matmul_peak"):
+                        "inference_speedup", "memory_ratio", "loop_throughput_ratio", "loop_inference_speedup",
+                        "loop_memory_ratio", "achieved_gflops", "fraction_of_matmul_peak"):
                 assert r[key] > 0 and math.isfinite(r[key]), (r["mode"], key, r[key])
+            # Each ratio is against its own baseline: the loop measured in this run, or the issue's figures.
+            loop = summary["reference_loop"]
+            assert math.isclose(r["loop_throughput_ratio"], loop["s_per_iteration"] / r["s_per_iteration"])
+            assert math.isclose(r["throughput_ratio"], summary["reference"]["s_per_iteration"] / r["s_per_iteration"])
+        loop = summary["reference_loop"]
+        assert len(loop["runs"]) == 2 and all(run["s_per_iteration"] > 0 for run in loop["runs"])  # before and after
+        assert loop["drift"] > 0 and loop["generator_forward_s"] > 0
         assert set(summary["targets"]) == {"best_throughput", "fp32_throughput", "inference_speedup", "memory_ratio"}
-        assert all(isinstance(t["passed"], bool) for t in summary["targets"].values())
+        assert all(isinstance(t["passed"], bool) and isinstance(t["loop_passed"], bool)
+                   for t in summary["targets"].values())
         assert summary["data_wait"]["s_per_batch"] > 0
 
 
@@ -53,3 +71,45 @@ def test_benchmark_all_modes_with_compile(tmp_path):
     report = run_benchmark(tmp_path, "models=[pix2pix]", "profile=true")
     check_report(report, ["pix2pix"], modes)
     assert report["models"]["pix2pix"]["modes"][0]["profile"]  # the torch.profiler table of one step
+
+
+class FirstBatch(pl.Callback):
+    """Records the first training batch and the RNG state it starts with, then stops after it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+        self.rng = torch.get_rng_state()
+
+
+@pytest.mark.parametrize("method", ["pix2pix", "cyclegan"])
+def test_reference_loop_is_the_same_iteration_as_the_lightning_step(tmp_path, method):
+    """The benchmark's plain-PyTorch reference iteration and the LightningModule's training_step are the
+    same computation: from the same weights, batch and RNG state they reach the same weights."""
+    # scheduler=constant: the default linear decay would already halve the LR in a 1-epoch run.
+    cfg = tiny_config(method, tmp_path, "optim.fused=false", "scheduler=constant", "trainer.accelerator=cpu",
+                      "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=0")
+    model = build_model(cfg)
+    replay = copy.deepcopy(model)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    recorder = FirstBatch()
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          callbacks=[recorder])
+    trainer.fit(model, datamodule=instantiate(cfg.data))
+
+    groups = replay.optimizer_groups()
+    adam = {"lr": cfg.optim.lr, "betas": tuple(cfg.optim.betas), "foreach": False, "fused": False}
+    opt_g, opt_d = (torch.optim.Adam(groups[name], **adam) for name in ("generator", "discriminator"))
+    replay.bench_pools = (ImagePool(cfg.model.get("pool_size", 50)), ImagePool(cfg.model.get("pool_size", 50)))
+    replay.train()
+    torch.set_rng_state(recorder.rng)
+    REFERENCE_STEPS[method](replay, opt_g, opt_d, recorder.batch["A"], recorder.batch["B"])
+
+    trained, replayed = dict(model.named_parameters()), dict(replay.named_parameters())
+    assert set(trained) == set(replayed)
+    for prefix in ("generator", "discriminator"):  # both updates happened
+        assert any(not torch.equal(w, initial[n]) for n, w in trained.items() if n.startswith(prefix))
+    for name, weight in trained.items():
+        torch.testing.assert_close(replayed[name], weight, atol=1e-6, rtol=1e-5, msg=name)
+    replayed_buffers = dict(replay.named_buffers())
+    for name, buffer in model.named_buffers():  # batch-norm running statistics too
+        torch.testing.assert_close(replayed_buffers[name], buffer, atol=1e-6, rtol=1e-5, msg=name)

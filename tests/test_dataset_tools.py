@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from gan_translate.data import tools
+from gan_translate.data.datasets import DataError
 from gan_translate.data.download import DownloadError, download_dataset, resolve_source, safe_extract
 from gan_translate.data.make_dataset import main
 
@@ -101,10 +102,10 @@ def test_combine_unmatched_names(tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    with pytest.raises(tools.DatasetToolError, match="does not exist.*missing"):
+    with pytest.raises(DataError, match="folder A: folder .*missing does not exist"):
         tools.combine_folders(tmp_path / "missing", tmp_path, tmp_path / "out", log=None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(tools.DatasetToolError, match="no images.*empty"):
+    with pytest.raises(DataError, match="photo folder: folder .*empty contains no images"):
         tools.make_colorization_dataset(tmp_path / "empty", tmp_path / "out", log=None)
     photos = tmp_path / "photos"
     solid(photos / "good.png", (1, 2, 3))
@@ -114,7 +115,7 @@ def test_clear_errors(tmp_path):
     assert not (tmp_path / "out").exists()
     (photos / "broken.jpg").unlink()
     solid(photos / "good.jpg", (1, 2, 3))  # same stem as good.png
-    with pytest.raises(tools.DatasetToolError, match="good.png / good.jpg|good.jpg / good.png"):
+    with pytest.raises(DataError, match="good.png / good.jpg|good.jpg / good.png"):
         tools.make_edges_dataset(photos, tmp_path / "out", log=None)
     with pytest.raises(tools.DatasetToolError, match="invalid size"):
         tools.parse_size("12xfoo")

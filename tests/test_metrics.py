@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from gan_translate.data.datasets import DataError
 from gan_translate.metrics import (
     FID_WEIGHTS_ENV,
     LPIPS_WEIGHTS_ENV,
@@ -391,9 +392,9 @@ def test_evaluate_folders_empty_or_missing(tmp_path):
     target.mkdir()
     _write_png(target / "a.png", 0, (8, 8))
     (pred / "notes.txt").write_text("not an image")
-    with pytest.raises(FileNotFoundError, match="prediction folder .*pred.* contains no images"):
+    with pytest.raises(DataError, match="prediction folder: folder .*pred contains no images"):
         evaluate_folders(pred, target, TranslationMetrics())
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="nope does not exist"):
         evaluate_folders(tmp_path / "nope", target, TranslationMetrics())
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.plugins.precision import MixedPrecision
 from tiny_runs import tiny_config
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -17,11 +18,19 @@ from gan_translate.networks import NLayerDiscriminator
 CUDA = torch.cuda.is_available()
 
 
-def fit(cfg):
+def fp16_on_cpu(init_scale: float = 2.0**16) -> dict:
+    """Trainer arguments for real 16-mixed on the CPU: fp16 autocast plus a CPU GradScaler (Lightning maps
+    precision=16-mixed to bf16 on CPU, so the plugin is given explicitly)."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return {"precision": None, "plugins": [MixedPrecision("16-mixed", "cpu", scaler=scaler)]}
+
+
+def fit(cfg, model=None, **trainer_kwargs):
     """Fit a tiny run; returns the trained model, its starting weights and its callback metrics."""
-    model = build_model(cfg)
+    model = model or build_model(cfg)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          **trainer_kwargs)
     trainer.fit(model, datamodule=instantiate(cfg.data))
     return model, initial, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -79,14 +88,17 @@ def test_wgangp_under_bf16_mixed_stays_finite(tmp_path, method):
     assert ("train/loss_D_GP" in metrics) if method == "pix2pix" else ("train/loss_D_A" in metrics)
 
 
-@pytest.mark.parametrize("precision", ["32-true", pytest.param("16-mixed", marks=pytest.mark.skipif(
-    not CUDA, reason="16-mixed (GradScaler) needs a GPU"))])
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed-cpu", pytest.param("16-mixed", marks=pytest.mark.skipif(
+    not CUDA, reason="16-mixed on the GPU needs one"))])
 def test_gradient_clipping_applies_to_unscaled_gradients(tmp_path, precision):
     """Every optimizer step sees gradients of norm <= gradient_clip_val (under 16-mixed: after unscaling)."""
     clip = 0.05
-    accelerator = "gpu" if precision == "16-mixed" else "cpu"
-    cfg = tiny_config("pix2pix", tmp_path, f"trainer.precision={precision}", f"trainer.accelerator={accelerator}",
-                      f"model.gradient_clip_val={clip}", train_length=4)
+    overrides = [f"model.gradient_clip_val={clip}", "optim.fused=false"]  # fused unscales inside its step
+    if precision == "16-mixed":
+        overrides += ["trainer.precision=16-mixed", "trainer.accelerator=gpu"]
+    else:
+        overrides += ["trainer.accelerator=cpu"]
+    cfg = tiny_config("pix2pix", tmp_path, *overrides, train_length=4)
     norms: list[float] = []
 
     def record(optimizer, args, kwargs):  # after the step: grads are what the update used
@@ -95,12 +107,42 @@ def test_gradient_clipping_applies_to_unscaled_gradients(tmp_path, precision):
 
     handle = register_optimizer_step_post_hook(record)
     try:
-        model, initial, metrics = fit(cfg)
+        # A small initial scale: the default one overflows (and skips) the first steps of such a short run.
+        model, initial, metrics = fit(cfg, **(fp16_on_cpu(2.0**8) if precision == "16-mixed-cpu" else {}))
     finally:
         handle.remove()
     assert norms and max(norms) <= clip * 1.001, norms
     assert min(norms) > clip * 0.1  # real gradients, not zeros (clipped ones sit at the limit)
     assert_trained(model, initial, metrics)
+
+
+@pytest.mark.parametrize("method", ["pix2pix", "cyclegan"])
+def test_fused_adam_under_16_mixed_grad_scaler(tmp_path, method):
+    """The default fused Adam takes the GradScaler's scale and inf check into its own step."""
+    cfg = tiny_config(method, tmp_path, "trainer.accelerator=cpu", train_length=16)
+    assert cfg.optim.fused is True
+    model = build_model(cfg)
+    dtypes = record_discriminator_outputs(model)
+    trainer_kwargs = fp16_on_cpu()
+    scaler = trainer_kwargs["plugins"][0].scaler
+    model, initial, metrics = fit(cfg, model, **trainer_kwargs)
+    assert torch.float16 in dtypes
+    assert all(opt.optimizer.param_groups[0]["fused"] for opt in model.optimizers())
+    # The first steps overflow at the default scale: the fused step reported the infs back to the
+    # scaler (which lowered its scale) and skipped those updates.
+    assert scaler.get_scale() < 2.0**16
+    assert_trained(model, initial, metrics)
+
+
+def test_clipping_with_fused_optimizer_under_16_mixed_fails_before_training(tmp_path):
+    cfg = tiny_config("pix2pix", tmp_path, "trainer.accelerator=cpu", "model.gradient_clip_val=0.1", train_length=4)
+    model = build_model(cfg)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          **fp16_on_cpu())
+    with pytest.raises(ValueError, match=r"model.gradient_clip_val=0.1 .*optim.fused=false"):
+        trainer.fit(model, datamodule=instantiate(cfg.data))
+    assert all(torch.equal(p, initial[n]) for n, p in model.named_parameters())
 
 
 def test_channels_last_fit(tmp_path):

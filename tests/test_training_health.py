@@ -52,6 +52,18 @@ def test_skip_mode_drops_bad_steps_and_trains_on(tmp_path):
     assert last["global_step"] == 4  # every step of epoch 1 saw NaN input and was dropped
 
 
+def test_cyclegan_skip_mode_keeps_nonfinite_fakes_out_of_the_pools(tmp_path):
+    with pytest.warns(UserWarning, match="skipped a step"):
+        fit(tmp_path, "model=cyclegan", "generator.n_blocks=2", "model.pool_size=16", "trainer.max_epochs=2",
+            "model.nonfinite=skip")
+    last = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert not nonfinite_entries(last["state_dict"])
+    pools = last["image_pools"]
+    # Epoch 0 filled the pools with its 8 fakes each; epoch 1's NaN batches added none.
+    assert all(len(pool["images"]) == 8 and torch.isfinite(pool["images"]).all() for pool in pools.values())
+    assert last["global_step"] == 4
+
+
 @pytest.mark.slow
 def test_memory_stays_flat_over_many_epochs(tmp_path):
     """RSS after epoch 10 vs after epoch 60 of tiny epochs, sample grids and validation history on."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -24,14 +24,36 @@ class DataError(ValueError):
 
 
 def list_images(folder: str | Path, what: str = "images") -> list[Path]:
-    """Sorted image files in ``folder``; a clear error if it is missing or holds none."""
+    """Sorted image files directly inside ``folder`` (not recursive, hidden files skipped); a DataError
+    naming ``what`` and the folder if it is missing, not a folder, or holds no images."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.exists():
         raise DataError(f"{what}: folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not folder.is_dir():
+        raise DataError(f"{what}: {folder} is not a folder")
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
     if not files:
-        raise DataError(f"{what}: folder {folder} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{what}: folder {folder} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)}; "
+                        "not recursive)")
     return files
+
+
+def index_by_stem(files: Iterable[Path], what: str = "images") -> dict[str, Path]:
+    """File stem -> path, for matching files across folders by name; two files with one stem
+    (``x.jpg`` and ``x.png``) are a DataError, since they could not be told apart."""
+    by_stem: dict[str, Path] = {}
+    clashes: list[str] = []
+    for path in files:
+        if path.stem in by_stem:
+            clashes.append(f"{by_stem[path.stem].name} / {path.name} in {path.parent}")
+        else:
+            by_stem[path.stem] = path
+    if clashes:
+        raise DataError(f"{what}: several files share a name (stem): {', '.join(clashes)}")
+    return by_stem
 
 
 def image_mode(channels: int) -> str:
@@ -161,8 +183,9 @@ class PairedFoldersDataset(Dataset):
     ) -> None:
         if direction not in DIRECTIONS:
             raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
-        files_a = {p.stem: p for p in list_images(Path(root) / f"{split}A", what=f"domain A {split} split")}
-        files_b = {p.stem: p for p in list_images(Path(root) / f"{split}B", what=f"domain B {split} split")}
+        what_a, what_b = f"domain A {split} split", f"domain B {split} split"
+        files_a = index_by_stem(list_images(Path(root) / f"{split}A", what=what_a), what_a)
+        files_b = index_by_stem(list_images(Path(root) / f"{split}B", what=what_b), what_b)
         unmatched = sorted(set(files_a) ^ set(files_b))
         if unmatched:
             raise DataError(

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from gan_translate.data import tools
+from gan_translate.data.datasets import DataError
 from gan_translate.data.download import DownloadError, available_datasets, download_dataset
 
 
@@ -170,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args, parser)
-    except (tools.DatasetToolError, DownloadError) as exc:
+    except (DataError, DownloadError) as exc:  # DatasetToolError is a DataError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

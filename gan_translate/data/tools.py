@@ -34,15 +34,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gan_translate.data.datasets import IMAGE_EXTENSIONS
+from gan_translate.data.datasets import DataError, index_by_stem, list_images
 
-IMG_EXTENSIONS = IMAGE_EXTENSIONS  # one list of readable extensions for the whole package
 SPLITS = ("train", "val", "test")
 FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg")}
 RESAMPLE = Image.Resampling.BICUBIC
 
 
-class DatasetToolError(ValueError):
+class DatasetToolError(DataError):
     """A user-facing error of the dataset tools (bad input folder, unreadable file, ...)."""
 
 
@@ -63,45 +62,6 @@ class BuildReport:
 # --------------------------------------------------------------------------------------------------------
 # Listing and reading images
 # --------------------------------------------------------------------------------------------------------
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
-
-
-def list_images(folder: str | Path, what: str = "input folder") -> list[Path]:
-    """Sorted image files directly inside ``folder`` (not recursive).
-
-    Raises :class:`DatasetToolError` if the folder is missing, is not a directory, or holds no images.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise DatasetToolError(f"{what} does not exist: {folder}")
-    if not folder.is_dir():
-        raise DatasetToolError(f"{what} is not a directory: {folder}")
-    files = sorted(p for p in folder.iterdir() if is_image_file(p))
-    if not files:
-        raise DatasetToolError(
-            f"{what} contains no images: {folder} (looked for {', '.join(IMG_EXTENSIONS)}; not recursive)"
-        )
-    return files
-
-
-def index_by_stem(files: Iterable[Path], folder: str | Path) -> dict[str, Path]:
-    """Map file stem -> path; two files with the same stem (``x.jpg`` and ``x.png``) are an error."""
-    by_stem: dict[str, Path] = {}
-    clashes: list[str] = []
-    for path in files:
-        if path.stem in by_stem:
-            clashes.append(f"{by_stem[path.stem].name} / {path.name}")
-        else:
-            by_stem[path.stem] = path
-    if clashes:
-        raise DatasetToolError(
-            f"several files share the same name (stem) in {folder}, output names would collide: "
-            + ", ".join(clashes)
-        )
-    return by_stem
 
 
 def check_readable(paths: Iterable[Path]) -> None:
@@ -300,8 +260,8 @@ def combine_folders(
     if not split or "/" in split or "\\" in split or split in (".", ".."):
         raise DatasetToolError(f"invalid split name {split!r}")
     pil_format, ext = resolve_format(fmt)
-    a_files = index_by_stem(list_images(dir_a, "folder A"), dir_a)
-    b_files = index_by_stem(list_images(dir_b, "folder B"), dir_b)
+    a_files = index_by_stem(list_images(dir_a, "folder A"), "folder A")
+    b_files = index_by_stem(list_images(dir_b, "folder B"), "folder B")
 
     only_a = sorted(set(a_files) - set(b_files))
     only_b = sorted(set(b_files) - set(a_files))
@@ -405,7 +365,7 @@ def make_paired_from_photos(
     pil_format, ext = resolve_format(fmt)
     if size is not None and size <= 0:
         raise DatasetToolError(f"size must be a positive integer, got {size}")
-    files = index_by_stem(list_images(src_dir, "photo folder"), src_dir)
+    files = index_by_stem(list_images(src_dir, "photo folder"), "photo folder")
     splits = split_names(list(files), val_fraction, test_fraction, seed)
     check_readable(files.values())
     _check_output_dirs(out_dir, [s for s in SPLITS if splits[s]], overwrite)

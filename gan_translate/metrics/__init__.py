@@ -8,7 +8,7 @@ from .features import (
     build_fid_feature_extractor,
     resolve_fid_weights,
 )
-from .folders import evaluate_folders, list_images, load_image
+from .folders import evaluate_folders, load_image
 from .lpips import LPIPS_WEIGHTS_ENV, OfflineLPIPS, build_lpips_network, resolve_lpips_backbone
 from .translation import TranslationMetrics, build_metrics
 
@@ -24,7 +24,6 @@ __all__ = [
     "build_lpips_network",
     "build_metrics",
     "evaluate_folders",
-    "list_images",
     "load_image",
     "resolve_fid_weights",
     "resolve_lpips_backbone",

@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from gan_translate.data.datasets import IMAGE_EXTENSIONS
+from gan_translate.data.datasets import IMAGE_EXTENSIONS, index_by_stem, list_images
 
 from .translation import TranslationMetrics
 
-__all__ = ["IMAGE_EXTENSIONS", "evaluate_folders", "list_images", "load_image"]
-
-
-def list_images(folder: str | os.PathLike, what: str = "image folder") -> dict[str, Path]:
-    """Map file stem -> path for the images directly inside ``folder`` (not recursive).
-
-    Raises FileNotFoundError naming the folder if it is missing, not a directory, or holds no images, and
-    ValueError if two files share a stem (e.g. ``a.png`` and ``a.jpg``).
-    """
-    path = Path(folder)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist or is not a directory")
-    found: dict[str, Path] = {}
-    for f in sorted(path.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-            if f.stem in found:
-                raise ValueError(
-                    f"{what} {str(path)!r}: two images share the name {f.stem!r}: {found[f.stem].name}, {f.name}"
-                )
-            found[f.stem] = f
-    if not found:
-        raise FileNotFoundError(f"{what} {str(path)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return found
+__all__ = ["IMAGE_EXTENSIONS", "evaluate_folders", "load_image"]
 
 
 def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
@@ -75,8 +52,8 @@ def evaluate_folders(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    preds = list_images(pred_dir, "prediction folder")
-    targets = list_images(target_dir, "target folder")
+    preds = index_by_stem(list_images(pred_dir, "prediction folder"), "prediction folder")
+    targets = index_by_stem(list_images(target_dir, "target folder"), "target folder")
     only_pred = sorted(set(preds) - set(targets))
     only_target = sorted(set(targets) - set(preds))
     if only_pred or only_target:

@@ -129,6 +129,7 @@ class GANModule(pl.LightningModule):
     def configure_optimizers(self):
         groups = self.optimizer_groups()
         optimizers = [self.optimizer_factory(params) for params in groups.values()]
+        self._check_clipping_possible(optimizers)
         if self.scheduler_factory is None:
             return optimizers
         # Named so that LearningRateMonitor logs lr-generator, lr-discriminator, ...
@@ -137,6 +138,21 @@ class GANModule(pl.LightningModule):
             for name, optimizer in zip(groups, optimizers, strict=True)
         ]
         return optimizers, schedulers
+
+    def _check_clipping_possible(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        # Under a GradScaler (16-mixed) a fused optimizer unscales the gradients inside its own step, so
+        # there is no moment at which unscaled gradients could be clipped. Lightning would only fail at
+        # the first step; say which keys to change before training starts.
+        if not self.gradient_clip_val or self._trainer is None:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            return
+        if any(getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in optimizers):
+            raise ValueError(
+                f"model.gradient_clip_val={self.gradient_clip_val} under trainer.precision={self.trainer.precision} "
+                "needs optim.fused=false: a fused optimizer unscales the gradients inside its step, so they "
+                "cannot be clipped after unscaling"
+            )
 
     # ----- optimization -----
     @contextmanager

@@ -102,6 +102,10 @@ class CycleGAN(GANModule):
             fake_b, fake_a = self.generator_A(real_a), self.generator_B(real_b)
             losses = self.generator_loss_terms(real_a, real_b, fake_b, fake_a)
             self.optimization_step(opt_g, sum(losses.values()), losses)
+        if self._skipped_in_batch:
+            # nonfinite=skip dropped the G step: the fakes of this forward may be NaN/Inf, and in the pools
+            # they would reach D again for many batches. The D step of this batch is dropped too.
+            return
 
         # 2) Discriminators, on fakes drawn from the history pools.
         with self.updating(opt_d):
