@@ -95,6 +95,7 @@ class StepTimer(pl.Callback):
         self.times: list[float] = []
         self.flops: int | None = None
         self.profile_table: str | None = None
+        self.peak_rss_gb: float | None = None  # before the instrumented steps, whose bookkeeping costs memory
         self._context = None
 
     def _sync(self) -> None:
@@ -102,6 +103,8 @@ class StepTimer(pl.Callback):
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx in (self.count_flops_at, self.profile_at) and self.peak_rss_gb is None:
+            self.peak_rss_gb = peak_rss_gb()
         if batch_idx == self.count_flops_at:
             self._context = FlopCounterMode(display=False)
         elif batch_idx == self.profile_at:
@@ -148,9 +151,10 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     cfg = model_config(bench, model_name, precision, channels_last, compile)
     model = build_model(cfg)
     extra = int(count_flops) + int(profile)
-    # Untimed steps: warm-up first, then the FLOP count / profile (counting slows a step down).
-    count_at = bench.warmup if count_flops else None
-    profile_at = bench.warmup + int(count_flops) if profile else None
+    # Untimed steps: warm-up first; the FLOP count / profile come after the timed steps (they slow a step
+    # down and their bookkeeping would raise the peak memory).
+    count_at = bench.warmup + bench.iterations if count_flops else None
+    profile_at = bench.warmup + bench.iterations + int(count_flops) if profile else None
     timer = StepTimer(device, count_at, profile_at)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -162,6 +166,7 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )
     trainer.fit(model, datamodule=instantiate(cfg.data))
+    training_rss_gb = timer.peak_rss_gb or peak_rss_gb()  # training only: compiled inference adds its own
     timed = timer.times[bench.warmup:]
     step_s = statistics.median(timed)  # robust to the odd step slowed down by another process
 
@@ -176,7 +181,7 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
         "model": model_name, "mode": mode, "precision": precision, "channels_last": channels_last,
         "compile": compile, "s_per_iteration": step_s, "images_per_s": bench.batch_size / step_s,
         "step_times_s": timed, "generator_forward_s": forward_s,
-        "peak_rss_gb": peak_rss_gb(), "flops_per_iteration": timer.flops,
+        "peak_rss_gb": training_rss_gb, "flops_per_iteration": timer.flops,
         "profile": timer.profile_table,
     }
     if device.type == "cuda":
@@ -270,13 +275,14 @@ def run_reference_loop(bench: DictConfig, device: torch.device, model_name: str)
             torch.cuda.synchronize(device)
         if i >= bench.warmup:
             times.append(time.perf_counter() - start)
+    training_rss_gb = peak_rss_gb()
     images = torch.rand(shape, device=device) * 2 - 1
     forward_s = time_inference(bench, model.generator_for(), images, "32-true")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model.generator_for()(images)
     return {"s_per_iteration": statistics.median(times), "step_times_s": times, "generator_forward_s": forward_s,
-            "peak_rss_gb": peak_rss_gb(), "generator_forward_flops": counter.get_total_flops()}
+            "peak_rss_gb": training_rss_gb, "generator_forward_flops": counter.get_total_flops()}
 
 
 def matmul_peak(device: torch.device, size: int | None = None, seconds: float = 1.0) -> dict:
