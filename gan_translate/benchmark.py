@@ -207,7 +207,7 @@ def time_inference(bench: DictConfig, generator: torch.nn.Module, images: torch.
     return statistics.median(times)
 
 
-def reference_pix2pix_step(model, opt_g, opt_d, real_a: torch.Tensor, real_b: torch.Tensor) -> None:
+def reference_pix2pix_step(model, opt_g, opt_d, real_a: torch.Tensor, real_b: torch.Tensor, pools=None) -> None:
     """The reference's pix2pix iteration: G forward; D update (grads on); G update (D's grads off)."""
     generator, discriminator, loss = model.generator, model.discriminator, model.loss
     fake_b = generator(real_a)
@@ -225,8 +225,10 @@ def reference_pix2pix_step(model, opt_g, opt_d, real_a: torch.Tensor, real_b: to
     opt_g.step()
 
 
-def reference_cyclegan_step(model, opt_g, opt_d, real_a: torch.Tensor, real_b: torch.Tensor) -> None:
-    """The reference's CycleGAN iteration: both cycles; G update (Ds off); D updates on pooled fakes."""
+def reference_cyclegan_step(model, opt_g, opt_d, real_a: torch.Tensor, real_b: torch.Tensor,
+                            pools: tuple[ImagePool, ImagePool]) -> None:
+    """The reference's CycleGAN iteration: both cycles; G update (Ds off); D updates on pooled fakes
+    (``pools``: fake B, fake A)."""
     g_a, g_b, d_a, d_b, loss = (model.generator_A, model.generator_B, model.discriminator_A,
                                 model.discriminator_B, model.loss)
     fake_b, fake_a = g_a(real_a), g_b(real_b)
@@ -244,8 +246,8 @@ def reference_cyclegan_step(model, opt_g, opt_d, real_a: torch.Tensor, real_b: t
     d_a.requires_grad_(True)
     d_b.requires_grad_(True)
     opt_d.zero_grad()
-    loss.gan.discriminator_loss(d_a(real_b), d_a(model.bench_pools[0].query(fake_b))).backward()
-    loss.gan.discriminator_loss(d_b(real_a), d_b(model.bench_pools[1].query(fake_a))).backward()
+    loss.gan.discriminator_loss(d_a(real_b), d_a(pools[0].query(fake_b))).backward()
+    loss.gan.discriminator_loss(d_b(real_a), d_b(pools[1].query(fake_a))).backward()
     opt_d.step()
 
 
@@ -261,7 +263,7 @@ def run_reference_loop(bench: DictConfig, device: torch.device, model_name: str)
     # The reference's optimizer: Adam(lr, betas) with torch's defaults, i.e. the per-tensor loop on CPU.
     adam = {"lr": cfg.optim.lr, "betas": tuple(cfg.optim.betas), "foreach": False, "fused": False}
     opt_g, opt_d = (torch.optim.Adam(groups[name], **adam) for name in ("generator", "discriminator"))
-    model.bench_pools = (ImagePool(50), ImagePool(50))
+    pools = (ImagePool(50), ImagePool(50))
     shape = (bench.batch_size, model.source_channels(), bench.size, bench.size)
     step = REFERENCE_STEPS[model_name]
     times = []
@@ -270,7 +272,7 @@ def run_reference_loop(bench: DictConfig, device: torch.device, model_name: str)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        step(model, opt_g, opt_d, real_a, real_b)
+        step(model, opt_g, opt_d, real_a, real_b, pools)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= bench.warmup:

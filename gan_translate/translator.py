@@ -22,7 +22,6 @@ import copy
 from pathlib import Path
 
 import torch
-import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
@@ -55,6 +54,8 @@ class FrozenCompiled(nn.Module):
         self.compiled = torch.compile(network)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config  # ~2 s to import: only when compiling is asked for
+
         with inductor_config.patch(freezing=True):
             return self.compiled(images)
 

@@ -99,10 +99,10 @@ def test_reference_loop_is_the_same_iteration_as_the_lightning_step(tmp_path, me
     groups = replay.optimizer_groups()
     adam = {"lr": cfg.optim.lr, "betas": tuple(cfg.optim.betas), "foreach": False, "fused": False}
     opt_g, opt_d = (torch.optim.Adam(groups[name], **adam) for name in ("generator", "discriminator"))
-    replay.bench_pools = (ImagePool(cfg.model.get("pool_size", 50)), ImagePool(cfg.model.get("pool_size", 50)))
+    pools = (ImagePool(cfg.model.get("pool_size", 50)), ImagePool(cfg.model.get("pool_size", 50)))
     replay.train()
     torch.set_rng_state(recorder.rng)
-    REFERENCE_STEPS[method](replay, opt_g, opt_d, recorder.batch["A"], recorder.batch["B"])
+    REFERENCE_STEPS[method](replay, opt_g, opt_d, recorder.batch["A"], recorder.batch["B"], pools)
 
     trained, replayed = dict(model.named_parameters()), dict(replay.named_parameters())
     assert set(trained) == set(replayed)
