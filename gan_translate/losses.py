@@ -109,3 +109,88 @@ class CycleGANLoss(nn.Module):
     @property
     def uses_gradient_penalty(self) -> bool:
         return self.gan.gan_mode == "wgangp" and self.lambda_gp > 0
+
+
+# ----- multi-scale discriminators and feature losses (pix2pixHD, Wang et al. 2018) -----
+def multiscale_scores(outputs: torch.Tensor | list) -> list[torch.Tensor]:
+    """The score map of each scale: a multi-scale D returns per scale a list of feature maps, scores last;
+    a single-scale D returns one score map."""
+    if torch.is_tensor(outputs):
+        return [outputs]
+    return [scale[-1] if isinstance(scale, (list, tuple)) else scale for scale in outputs]
+
+
+class MultiscaleGANLoss(nn.Module):
+    """``GANLoss`` over every scale of a multi-scale D, summed (the paper's sum over D_1..D_k) or averaged."""
+
+    def __init__(self, gan: GANLoss, reduction: str = "sum") -> None:
+        super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"loss.gan_reduction must be sum or mean, got {reduction!r}")
+        self.gan, self.reduction = gan, reduction
+
+    def _reduce(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        total = sum(losses)
+        return total / len(losses) if self.reduction == "mean" else total
+
+    def discriminator_loss(self, real_outputs, fake_outputs) -> torch.Tensor:
+        pairs = zip(multiscale_scores(real_outputs), multiscale_scores(fake_outputs), strict=True)
+        return self._reduce([self.gan.discriminator_loss(real, fake) for real, fake in pairs])
+
+    def generator_loss(self, fake_outputs) -> torch.Tensor:
+        return self._reduce([self.gan.generator_loss(fake) for fake in multiscale_scores(fake_outputs)])
+
+
+class FeatureMatchingLoss(nn.Module):
+    """L1 between D's intermediate features of real and fake pairs (the score maps themselves excluded),
+    weighted ``4 / (n_layers + 1)`` per layer and ``1 / num_D`` per scale as in pix2pixHD.
+
+    Takes the multi-scale D's output for both: per scale, a list of feature maps with the score map last.
+    Real features are targets (detached).
+    """
+
+    def forward(self, fake_outputs: list[list[torch.Tensor]], real_outputs: list[list[torch.Tensor]]) -> torch.Tensor:
+        if len(fake_outputs) != len(real_outputs):
+            raise ValueError(f"feature matching: {len(fake_outputs)} fake scales vs {len(real_outputs)} real ones")
+        loss = fake_outputs[0][0].new_zeros((), dtype=torch.float32)
+        scale_weight = 1.0 / len(fake_outputs)
+        for fake_scale, real_scale in zip(fake_outputs, real_outputs, strict=True):
+            layers = len(fake_scale) - 1  # = n_layers + 1 feature blocks before the score map
+            for fake, real in zip(fake_scale[:-1], real_scale[:-1], strict=True):
+                loss = loss + scale_weight * (4.0 / layers) * F.l1_loss(fake.float(), real.detach().float())
+        return loss
+
+
+VGG_LAYER_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+
+class VGGLoss(nn.Module):
+    """Perceptual loss: sum_i w_i * L1(F_i(fake), F_i(real)) over the feature maps F_i of a frozen network
+    (VGG19 relu1_1 .. relu5_1 in the paper, weights 1/32 .. 1).
+
+    ``features``: a module mapping images in [-1, 1] to a list of feature maps (one per weight); it is frozen
+    and kept in eval mode here, whatever mode the owner is put in.
+    """
+
+    def __init__(self, features: nn.Module, layer_weights: tuple[float, ...] = VGG_LAYER_WEIGHTS) -> None:
+        super().__init__()
+        self.features = features.eval().requires_grad_(False)
+        self.layer_weights = tuple(layer_weights)
+
+    def train(self, mode: bool = True) -> VGGLoss:
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        fake_features = self.features(fake)
+        with torch.no_grad():
+            real_features = self.features(real)
+        if len(fake_features) != len(self.layer_weights):
+            raise ValueError(
+                f"perceptual network returned {len(fake_features)} feature maps, expected {len(self.layer_weights)}"
+            )
+        loss = fake.new_zeros((), dtype=torch.float32)
+        for weight, f, r in zip(self.layer_weights, fake_features, real_features, strict=True):
+            loss = loss + weight * F.l1_loss(f.float(), r.float())
+        return loss
