@@ -1,0 +1,320 @@
+"""pix2pixHD: networks, loss terms, label/instance inputs, the two-stage run and the feature-encoder clusters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import compose_train, read_metrics
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from torch import nn
+
+from gan_translate.checkpoint import load_checkpoint, model_from_checkpoint
+from gan_translate.data.datasets import DataError
+from gan_translate.data.labels import LabelFoldersDataset, SyntheticLabelFacades
+from gan_translate.data.transforms import build_transform
+from gan_translate.encode_features import encode_features, kmeans
+from gan_translate.losses import FeatureMatchingLoss, GANLoss, MultiscaleGANLoss, VGGLoss
+from gan_translate.models.pix2pixhd import Pix2PixHD
+from gan_translate.networks.pix2pixhd import (
+    GlobalGenerator,
+    LocalEnhancer,
+    MultiscaleDiscriminator,
+    Pix2PixHDGenerator,
+    boundary_map,
+    encode_label_ids,
+    instance_average,
+)
+from gan_translate.predict import predict
+from gan_translate.train import CONF_DIR, train
+from gan_translate.translator import Translator
+
+TINY_HD = [
+    "experiment=demo_pix2pixhd",
+    "generator.ngf=8",
+    "discriminator.ndf=8",
+    "generator.n_downsample_global=2",
+    "generator.n_blocks_global=1",
+    "discriminator.n_layers=2",
+    "data.size=32",
+    "data.train_length=8",
+    "data.val_length=4",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "+trainer.enable_model_summary=false",
+    "~callbacks.progress_bar",
+    "+trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+LOCAL = ["generator=pix2pixhd_local", "generator.n_blocks_local=1", "data.size=64"]
+
+
+class TinyFeatures(nn.Module):
+    """A small random stand-in for VGG19 in the perceptual loss: 5 feature maps at halving resolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2 if i else 1))
+            for i in range(5)
+        )
+
+    def forward(self, x):
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+
+# ----- networks -----
+@pytest.mark.parametrize("size", [(16, 16), (32, 48), (48, 16)])
+def test_global_generator_shapes(size):
+    net = GlobalGenerator(5, 3, ngf=4, n_downsample_global=2, n_blocks_global=1)
+    assert net.size_divisor == 4
+    out = net(torch.randn(2, 5, *size))
+    assert out.shape == (2, 3, *size) and out.abs().max() <= 1
+
+
+@pytest.mark.parametrize(("enhancers", "size"), [(1, (16, 32)), (1, (48, 48)), (2, (32, 64))])
+def test_local_enhancer_shapes_and_global_weights(enhancers, size):
+    net = LocalEnhancer(5, 3, ngf=8, n_downsample_global=2, n_blocks_global=1, n_local_enhancers=enhancers,
+                        n_blocks_local=1)
+    assert net.size_divisor == 2 ** (2 + enhancers)
+    assert net(torch.randn(1, 5, *size)).shape == (1, 3, *size)
+    stage1 = GlobalGenerator(5, 3, ngf=8, n_downsample_global=2, n_blocks_global=1)
+    net.load_global_generator(stage1.state_dict())
+    for (name, own), theirs in zip(net.global_features.state_dict().items(), stage1.features.state_dict().values(),
+                                   strict=True):
+        assert torch.equal(own, theirs), name
+    with pytest.raises(ValueError, match="generator.ngf"):
+        net.load_global_generator(GlobalGenerator(5, 3, ngf=16, n_downsample_global=2, n_blocks_global=1).state_dict())
+
+
+@pytest.mark.parametrize(("num_d", "n_layers", "size"), [(2, 3, (64, 64)), (3, 2, (64, 96)), (1, 3, (32, 32))])
+def test_multiscale_discriminator(num_d, n_layers, size):
+    net = MultiscaleDiscriminator(4, ndf=4, n_layers=n_layers, num_D=num_d)
+    outputs = net(torch.randn(2, 4, *size))
+    assert len(outputs) == num_d
+    for scale, features in enumerate(outputs):
+        assert len(features) == n_layers + 2  # n_layers + 1 feature blocks, then the score map
+        assert features[-1].size(1) == 1
+        assert features[0].shape[-1] == -(-size[1] // 2**scale) // 2  # each scale sees a 2x smaller input
+    # min_size is the real limit: one pixel less breaks the coarsest PatchGAN.
+    net(torch.randn(1, 4, net.min_size, net.min_size))
+    with pytest.raises((RuntimeError, ValueError)):  # conv: output too small; instance norm: a single pixel
+        net(torch.randn(1, 4, net.min_size - 1, net.min_size - 1))
+
+
+# ----- loss terms -----
+def test_feature_matching_weights_and_zero_for_identical():
+    fm = FeatureMatchingLoss()
+    # 2 scales of 3 feature blocks + scores: 2 * (1/2) * 3 * (4/3) * |1 - 0| = 4; scores are not matched.
+    fake = [[torch.ones(1, 2, 4, 4)] * 3 + [torch.full((1, 1, 2, 2), 5.0)] for _ in range(2)]
+    real = [[torch.zeros(1, 2, 4, 4)] * 3 + [torch.zeros(1, 1, 2, 2)] for _ in range(2)]
+    assert fm(fake, real).item() == pytest.approx(4.0)
+
+    net = MultiscaleDiscriminator(4, ndf=4, n_layers=2, num_D=2)
+    x, y = torch.randn(1, 4, 32, 32), torch.randn(1, 4, 32, 32)
+    assert fm(net(x), net(x)).item() == 0
+    assert fm(net(x), net(y)).item() > 0
+
+
+def test_multiscale_gan_loss_uses_each_scales_scores():
+    scales = [[torch.zeros(1, 2, 4, 4), torch.full((1, 1, 3, 3), 0.5)], [torch.zeros(1, 2, 2, 2), torch.ones(1, 1, 2, 2)]]
+    gan = GANLoss("lsgan")
+    per_scale = [gan.generator_loss(s[-1]) for s in scales]  # (0.5 - 1)^2 and 0
+    assert MultiscaleGANLoss(gan, "sum").generator_loss(scales).item() == pytest.approx(float(sum(per_scale)))
+    assert MultiscaleGANLoss(gan, "mean").generator_loss(scales).item() == pytest.approx(float(sum(per_scale)) / 2)
+
+
+def test_perceptual_loss_zero_for_identical_and_frozen():
+    loss = VGGLoss(TinyFeatures())
+    loss.train()
+    assert not loss.features.training
+    assert not any(p.requires_grad for p in loss.features.parameters())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    fake = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    assert loss(x, x).item() == 0
+    value = loss(fake, x)
+    assert value.item() > 0
+    value.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+# ----- inputs -----
+def test_one_hot_and_edge_inputs_on_a_hand_made_map():
+    ids = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]]).view(1, 1, 4, 4)
+    instances = torch.tensor([[5, 5, 7, 7], [5, 5, 7, 7], [8, 8, 9, 9], [8, 8, 9, 9]]).view(1, 1, 4, 4).float()
+    wrapper = Pix2PixHDGenerator(nn.Identity(), label_nc=3, instance=True)
+    condition, regions, decoded = wrapper.condition(torch.cat([encode_label_ids(ids), instances], 1))
+    assert condition.shape == (1, 4, 4, 4)
+    for class_id in range(3):
+        assert torch.equal(condition[0, class_id], (ids[0, 0] == class_id).float())
+    # Every pixel next to another instance is an edge; here that is every pixel but the four corners.
+    edges = torch.ones(4, 4)
+    edges[0, 0] = edges[0, 3] = edges[3, 0] = edges[3, 3] = 0
+    assert torch.equal(condition[0, 3], edges)
+    assert torch.equal(decoded, ids) and torch.equal(regions, instances)
+    # Without an instance channel the edges are the label map's own boundaries (5|7 and 8|9 are not separated).
+    label_edges = boundary_map(ids)[0, 0]
+    assert torch.equal(wrapper.condition(encode_label_ids(ids))[0][0, 3], label_edges)
+    assert label_edges[3].sum() == 0 and label_edges[0, 1] == 1
+    with pytest.raises(ValueError, match="label_nc=3"):
+        wrapper.condition(encode_label_ids(ids + 1))
+    averaged = instance_average(torch.arange(16.0).view(1, 1, 4, 4), instances)
+    assert averaged[0, 0, 0, 0] == (0 + 1 + 4 + 5) / 4 and averaged[0, 0, 3, 3] == (10 + 11 + 14 + 15) / 4
+
+
+def write_label_folders(root: Path, split: str = "train", count: int = 2, size: int = 8, instances: bool = True):
+    rng = np.random.default_rng(0)
+    for sub in ("labels", "images") + (("instances",) if instances else ()):
+        (root / split / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        ids = np.repeat(np.repeat(rng.integers(0, 4, (size // 4, size // 4), dtype=np.uint8), 4, 0), 4, 1)
+        Image.fromarray(ids, mode="L").save(root / split / "labels" / f"x{i}_label.png")
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / "images" / f"x{i}.jpg")
+        if instances:
+            Image.fromarray(ids.astype(np.uint16) * 1000 + 3).save(root / split / "instances" / f"x{i}.png")
+    return root
+
+
+def test_label_folders_keep_ids_under_resizing(tmp_path):
+    root = write_label_folders(tmp_path / "data")
+    dataset = LabelFoldersDataset(root, "train", label_nc=4, instance=True, label_suffix="_label",
+                                  transform=build_transform("resize_and_crop", 12, 12, train=False))
+    item = dataset[0]
+    ids = np.asarray(Image.open(root / "train" / "labels" / "x0_label.png"))
+    expected = torch.from_numpy(np.asarray(Image.fromarray(ids).resize((12, 12), Image.NEAREST)).astype(np.int64))
+    assert item["A"].shape == (1, 12, 12) and item["B"].shape == (3, 12, 12)
+    assert torch.equal(torch.round((item["A"][0] + 1) * 127.5).long(), expected)  # NEAREST: no blended ids
+    assert torch.equal(item["inst"][0].long(), expected * 1000 + 3)
+    assert item["B"].min() >= -1 and item["B"].max() <= 1
+
+    no_instances = write_label_folders(tmp_path / "plain", instances=False)
+    assert "inst" not in LabelFoldersDataset(no_instances, "train", label_nc=4, label_suffix="_label")[0]
+    with pytest.raises(DataError, match="data.instance=false"):
+        LabelFoldersDataset(no_instances, "train", label_nc=4, instance=True, label_suffix="_label")
+    with pytest.raises(DataError, match="not in every folder"):
+        LabelFoldersDataset(root, "train", label_nc=4)  # without the suffix, names do not match
+    with pytest.raises(DataError, match="data.label_nc=3"):
+        LabelFoldersDataset(root, "train", label_nc=3, label_suffix="_label")[0]
+
+
+# ----- training runs -----
+class GlobalProbe(pl.Callback):
+    """G1's weights at fit start and at the end of every epoch; the local enhancer's at the end of epoch 0."""
+
+    def __init__(self) -> None:
+        self.g1: list[dict[str, torch.Tensor]] = []
+        self.enhancer: list[dict[str, torch.Tensor]] = []
+
+    @staticmethod
+    def _copy(module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.g1.append(self._copy(pl_module.generator.network.global_features))
+        self.enhancer.append(self._copy(pl_module.generator.network.enhancers))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.g1.append(self._copy(pl_module.generator.network.global_features))
+        self.enhancer.append(self._copy(pl_module.generator.network.enhancers))
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hd_stage1")
+    train(compose_train(TINY_HD, out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_two_stage_training_and_prediction(stage1, tmp_path):
+    stage1_g = {k[len("generator.network.features."):]: v for k, v in load_checkpoint(stage1)["state_dict"].items()
+                if k.startswith("generator.network.features.")}
+    probe = GlobalProbe()
+    run = tmp_path / "stage2"
+    cfg = compose_train([*TINY_HD, *LOCAL, f"model.global_ckpt={stage1}", "model.fix_global_epochs=1",
+                         "trainer.max_epochs=2"], run)
+    train(cfg, extra_callbacks=[probe])
+    start, after_frozen, after_joint = probe.g1
+    assert same(start, stage1_g)  # G1 starts from stage 1
+    assert same(after_frozen, start)  # ... and does not move while frozen
+    assert not same(after_joint, after_frozen)  # then trains jointly
+    assert not same(probe.enhancer[1], probe.enhancer[0])  # the enhancer trained in the frozen epoch
+    rows = read_metrics(run)
+    assert any(row.get("train/loss_G_feat") for row in rows)
+
+    # Predict needs the checkpoint only: label PNGs in, photos out, equal to the model's own output.
+    ckpt = run / "checkpoints" / "last.ckpt"
+    item = SyntheticLabelFacades(1, 64, "test")[0]
+    ids = torch.round((item["A"][0] + 1) * 127.5).to(torch.uint8).numpy()
+    inputs = tmp_path / "labels"
+    inputs.mkdir()
+    Image.fromarray(ids, mode="L").save(inputs / "facade.png")
+    Image.fromarray(ids[:40, :56], mode="L").save(inputs / "odd.png")  # not a multiple of 16: padded
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        predict_cfg = compose("predict", overrides=[f"ckpt_path={ckpt}", f"input={inputs}",
+                                                    f"output_dir={tmp_path / 'out'}", "device=cpu"])
+    written = predict(predict_cfg)
+    assert sorted(p.name for p in written) == ["facade.png", "odd.png"]
+    assert Image.open(tmp_path / "out" / "odd.png").size == (56, 40)
+    model = model_from_checkpoint(ckpt, expected=Pix2PixHD)
+    with torch.no_grad():
+        expected = model(item["A"][None])
+    translator = Translator.from_checkpoint(ckpt, device="cpu")
+    assert torch.allclose(translator(item["A"]), expected[0].clamp(-1, 1), atol=1e-5)
+    saved = np.asarray(Image.open(tmp_path / "out" / "facade.png")).astype(np.float32)
+    assert np.abs(saved - (expected[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).max() <= 1.0
+
+
+def test_perceptual_network_is_frozen_and_not_saved(tmp_path):
+    cfg = compose_train([*TINY_HD, "loss.lambda_vgg=10", "+model.perceptual_network._target_=test_pix2pixhd.TinyFeatures",
+                         "+model.perceptual_network._partial_=true", "loss.gan_mode=wgangp"], tmp_path)
+    train(cfg)
+    rows = read_metrics(tmp_path)
+    assert all(v > 0 for v in (float(r["train/loss_G_VGG"]) for r in rows if r.get("train/loss_G_VGG")))
+    assert any(r.get("train/loss_D_GP") for r in rows)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert not any("blocks" in k or "perceptual" in k for k in state)
+    # Without an injected network, lambda_vgg > 0 builds VGG19 from model.vgg_weights, failing before training.
+    pytest.importorskip("gan_translate.networks.vgg")
+    cfg = compose_train([*TINY_HD, "loss.lambda_vgg=10", f"model.vgg_weights={tmp_path / 'missing.pth'}"], tmp_path / "b")
+    with pytest.raises(Exception, match="gan_translate.weights fetch vgg"):
+        train(cfg)
+
+
+def test_feature_encoder_clusters_give_different_outputs(tmp_path):
+    run = tmp_path / "run"
+    train(compose_train([*TINY_HD, "model.feature_encoder=true", "model.encoder_downsampling=2"], run))
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("encode_features", overrides=[f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "device=cpu",
+                                                    "n_clusters=3"])
+    path = encode_features(cfg)
+    assert path == run / "checkpoints" / "last-features.ckpt"
+    generator = model_from_checkpoint(path, expected=Pix2PixHD).generator_for()
+    assert generator.cluster_centres.shape == (6, 3, 3) and generator.cluster_counts.max() == 3
+    item = SyntheticLabelFacades(1, 32, "test")[0]
+    x = torch.cat([item["A"], item["inst"]])[None]
+    outputs = []
+    with torch.no_grad():
+        for choice in range(3):
+            generator.cluster_choice = choice
+            outputs.append(generator(x))
+    assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
+    centres = kmeans(torch.tensor([[0.0], [0.1], [10.0], [10.1]]), 2)
+    assert sorted(centres.flatten().tolist()) == pytest.approx([0.05, 10.05])
