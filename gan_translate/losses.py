@@ -150,6 +150,11 @@ class FeatureMatchingLoss(nn.Module):
     """
 
     def forward(self, fake_outputs: list[list[torch.Tensor]], real_outputs: list[list[torch.Tensor]]) -> torch.Tensor:
+        if torch.is_tensor(fake_outputs) or torch.is_tensor(fake_outputs[0]):
+            raise ValueError(
+                "feature matching needs a discriminator that returns its intermediate features per scale "
+                "(discriminator=multiscale); with another one set loss.lambda_feat=0"
+            )
         if len(fake_outputs) != len(real_outputs):
             raise ValueError(f"feature matching: {len(fake_outputs)} fake scales vs {len(real_outputs)} real ones")
         loss = fake_outputs[0][0].new_zeros((), dtype=torch.float32)
