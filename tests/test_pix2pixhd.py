@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_train, read_metrics
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
@@ -20,6 +22,7 @@ from gan_translate.data.transforms import build_transform
 from gan_translate.encode_features import encode_features, kmeans
 from gan_translate.losses import FeatureMatchingLoss, GANLoss, MultiscaleGANLoss, VGGLoss
 from gan_translate.models.pix2pixhd import Pix2PixHD
+from gan_translate.networks.generators import ResnetBlock
 from gan_translate.networks.pix2pixhd import (
     GlobalGenerator,
     LocalEnhancer,
@@ -114,6 +117,24 @@ def test_multiscale_discriminator(num_d, n_layers, size):
     net(torch.randn(1, 4, net.min_size, net.min_size))
     with pytest.raises((RuntimeError, ValueError)):  # conv: output too small; instance norm: a single pixel
         net(torch.randn(1, 4, net.min_size - 1, net.min_size - 1))
+
+
+def test_yaml_defaults_are_the_papers():
+    def build(group, name, **overrides):
+        return instantiate(OmegaConf.merge(OmegaConf.load(Path(CONF_DIR) / group / f"{name}.yaml"), overrides))
+
+    global_g = build("generator", "pix2pixhd_global", ngf=4)(input_nc=36, output_nc=3)
+    local_g = build("generator", "pix2pixhd_local", ngf=4)(input_nc=36, output_nc=3)
+    assert (global_g.size_divisor, local_g.size_divisor) == (16, 32)
+    assert (global_g.min_size, local_g.min_size) == (32, 64)
+    with pytest.raises((RuntimeError, ValueError)):  # below min_size: a 1 x 1 bottleneck (reflection pad, norm)
+        global_g(torch.randn(1, 36, 16, 16))
+    assert sum(isinstance(m, ResnetBlock) for m in global_g.modules()) == 9
+    assert sum(isinstance(m, ResnetBlock) for m in local_g.modules()) == 9 + 3
+    assert local_g(torch.randn(1, 36, 64, 96)).shape == (1, 3, 64, 96)
+    discriminator = build("discriminator", "multiscale", ndf=4)(input_nc=39)
+    assert (discriminator.num_D, discriminator.n_layers, discriminator.min_size) == (2, 3, 47)
+    assert build("discriminator", "multiscale", ndf=4, num_D=3)(input_nc=39).min_size == 93
 
 
 # ----- loss terms -----

@@ -4,6 +4,7 @@ generator's input (one-hot labels, instance boundary map, instance features).
 
 - ``GlobalGenerator`` (G1): c7s1-ngf, ``n_downsample_global`` stride-2 convs, ``n_blocks_global`` residual
   blocks, mirrored transposed convs, c7s1-output_nc + tanh; instance norm and reflection padding.
+  Generators expose ``size_divisor`` (sides must be multiples of it) and ``min_size`` (smallest side).
 - ``LocalEnhancer`` (G2): a full-resolution front-end whose features are *added* to G1's last feature map,
   G1 running on a 2x average-pooled input; then residual blocks, an upsampling and the output layer.
 - ``MultiscaleDiscriminator``: ``num_D`` PatchGANs on the image and its 2x, 4x ... average-pooled copies;
@@ -64,6 +65,8 @@ class GlobalGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.size_divisor = 2**n_downsample_global
+        # The residual blocks' reflection padding needs a bottleneck of at least 2 x 2.
+        self.min_size = 2 * self.size_divisor
         layers = _conv_block(input_nc, ngf, norm, kernel_size=7, padding=3, padding_mode=padding)
         channels = ngf
         for _ in range(n_downsample_global):
@@ -126,6 +129,7 @@ class LocalEnhancer(nn.Module):
         self.n_local_enhancers = n_local_enhancers
         self.global_ngf = ngf
         self.size_divisor = 2 ** (n_downsample_global + n_local_enhancers)
+        self.min_size = 2 * self.size_divisor  # G1's bottleneck at least 2 x 2
         global_generator = GlobalGenerator(
             input_nc, output_nc, ngf, n_downsample_global, n_blocks_global, norm, padding, init_type, init_gain
         )
@@ -370,6 +374,10 @@ class Pix2PixHDGenerator(nn.Module):
     @property
     def size_divisor(self) -> int:
         return getattr(self.network, "size_divisor", 1)
+
+    @property
+    def min_size(self) -> int:
+        return getattr(self.network, "min_size", self.size_divisor)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.size(1) not in (self.label_channels, self.label_channels + 1):
