@@ -44,8 +44,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from gan_translate.checkpoint import build_model
+from gan_translate.config import CONF_DIR
+from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.image_pool import ImagePool
-from gan_translate.train import CONF_DIR
 from gan_translate.translator import FrozenCompiled
 
 # The figures on the 2-core reference CPU (batch 1, 256x256, fp32).
@@ -63,7 +64,7 @@ MODES = {  # precision, channels_last, compile
 }
 MODEL_OVERRIDES = {
     "pix2pix": ["model=pix2pix", "generator=unet_256", "data=synthetic_facades"],
-    "cyclegan": ["model=cyclegan", "generator=resnet_9blocks", "data=synthetic_shapes"],
+    "cyclegan": ["experiment=shapes_cyclegan", "generator=resnet_9blocks", "data=synthetic_shapes"],
 }
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -543,6 +544,7 @@ def where_time_goes(report: dict) -> str:
 
 @hydra.main(config_path=CONF_DIR, config_name="benchmark", version_base="1.3")
 def main(bench: DictConfig) -> None:
+    silence_known_warnings()
     report = run(bench)
     device_kind = "cuda" if report["environment"]["device"].startswith("cuda") else "cpu"
     output = Path(bench.output or f"benchmarks/results/{device_kind}.json")

@@ -1,7 +1,8 @@
 """LightningDataModules: one base that owns loaders and preprocessing, one subclass per data layout.
 
 Subclasses only say how to build a split's dataset (``make_dataset``); batch size, workers and the
-paired/unpaired preprocessing are shared. Validation uses ``val`` when it exists, else ``test``.
+paired/unpaired preprocessing are shared. Validation uses ``val`` when it exists, else ``test``, and
+says so (a warning), since metrics and checkpoint selection then see the test split.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from gan_translate.data.datasets import (
@@ -27,6 +29,8 @@ class TranslationDataModule(pl.LightningDataModule):
     """Shared loaders and preprocessing. ``input_nc``/``output_nc`` are read by the model config."""
 
     paired: bool = True
+    # Whether the images on disk hold A and B side by side (predict then splits such inputs).
+    pairs_side_by_side: bool = False
 
     def __init__(
         self,
@@ -73,7 +77,15 @@ class TranslationDataModule(pl.LightningDataModule):
             if self.train_set is None:
                 raise DataError(f"{type(self).__name__}: no training split found")
         if stage in ("fit", "validate", None) and self.val_set is None:
-            self.val_set = self.make_dataset("val", train=False) or self.make_dataset("test", train=False)
+            self.val_set = self.make_dataset("val", train=False)
+            if self.val_set is None:
+                self.val_set = self.make_dataset("test", train=False)
+                if self.val_set is not None:
+                    rank_zero_warn(
+                        f"{type(self).__name__}: there is no val split, so validation uses the TEST split: val/* "
+                        "metrics, and any checkpoint selected by them, are measured on test data. Add a val "
+                        "split to keep the test split unseen."
+                    )
         if stage in ("test", None) and self.test_set is None:
             self.test_set = self.make_dataset("test", train=False)
         if self.on_bad_image == "skip":
@@ -117,6 +129,8 @@ def _require_root(root: str | Path | None) -> Path:
 class AlignedDataModule(TranslationDataModule):
     """pix2pix A|B images under ``root/train``, ``root/val``, ``root/test``."""
 
+    pairs_side_by_side = True
+
     def __init__(self, root: str, direction: str = "AtoB", square_halves: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         if direction not in DIRECTIONS:
@@ -134,6 +148,8 @@ class AlignedDataModule(TranslationDataModule):
 
 class PairedFoldersDataModule(AlignedDataModule):
     """Paired images in two folders ``root/{split}A`` and ``root/{split}B`` with matching file names."""
+
+    pairs_side_by_side = False
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         if not (self.root / f"{split}A").is_dir() and not (self.root / f"{split}B").is_dir():
@@ -169,6 +185,8 @@ class UnalignedDataModule(TranslationDataModule):
 
 class SyntheticFacadesDataModule(TranslationDataModule):
     """The embedded paired default: procedural label maps -> facade photos (no files needed)."""
+
+    pairs_side_by_side = True  # its samples, saved as A|B images, are read like the aligned layout
 
     def __init__(
         self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0,
