@@ -20,6 +20,7 @@ from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import build_model, load_checkpoint
 from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.resume import AtomicCheckpointIO, RandomStateCheckpoint, config_changes, resume_checkpoint
+from gan_translate.sizes import check_training_sizes
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    check_training_sizes(model, datamodule)  # before the Trainer: a size no network takes fails here, naming keys
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"))
     if ckpt_path:
         warn_on_config_changes(ckpt_path, model.run_config)
