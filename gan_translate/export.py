@@ -86,7 +86,7 @@ def export_generator(
         generator = with_batch_statistics(generator)
     divisor = translator.size_divisor
     size = example_size or translator.train_size or divisor
-    size = max(divisor, -(-size // divisor) * divisor)  # the next multiple the generator can take
+    size = translator.size_rule.at_least(size)  # the next size the generator can take
     # Two images: a batch of one lets tracing treat the batch size as a constant.
     example = torch.zeros(2, translator.input_nc, size, size).uniform_(-1, 1)
     metadata = {

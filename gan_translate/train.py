@@ -22,6 +22,7 @@ from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics.translation import selection_metric
 from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.resume import AtomicCheckpointIO, RandomStateCheckpoint, config_changes, resume_checkpoint
+from gan_translate.sizes import check_training_sizes
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     metric = choose_monitor(cfg)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    check_training_sizes(model, datamodule)  # before the Trainer: a size no network takes fails here, naming keys
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"))
     if ckpt_path:
         warn_on_config_changes(ckpt_path, model.run_config)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 
 from gan_translate.data.datasets import (
     DIRECTIONS,
@@ -22,7 +24,7 @@ from gan_translate.data.datasets import (
     UnalignedDataset,
 )
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
-from gan_translate.data.transforms import build_transform
+from gan_translate.data.transforms import CROPPING_MODES, build_transform
 
 
 class TranslationDataModule(pl.LightningDataModule):
@@ -66,6 +68,26 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def transform(self, train: bool):
         return build_transform(self.preprocess, self.load_size, self.crop_size, self.flip, train)
+
+    def source_image_size(self) -> tuple[int, int] | None:
+        """(H, W) of every image before preprocessing, when the config fixes it (synthetic data); None for
+        files, whose sizes only the files know."""
+        return None
+
+    def train_image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the training images as they reach the networks, from the config alone; None when it
+        depends on the files (``preprocess`` none or scale_width on files). Used to check sizes before training."""
+        if self.preprocess in CROPPING_MODES:  # every training image ends as a crop_size square
+            return self.crop_size, self.crop_size
+        source = self.source_image_size()
+        if source is None:
+            return None
+        # The real transform on a blank image: exactly what the loader will produce, without reading data
+        # (and without drawing from the seeded random stream that training uses).
+        blank = tv_tensors.Image(torch.zeros(self.input_nc, *source, dtype=torch.uint8))
+        with torch.random.fork_rng(devices=[]):
+            height, width = self.transform(train=True)(blank).shape[-2:]
+        return int(height), int(width)
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         """The dataset of ``split``, or None if that split does not exist."""
@@ -197,6 +219,9 @@ class SyntheticFacadesDataModule(TranslationDataModule):
         self.size, self.seed, self.direction = size, seed, direction
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
 
+    def source_image_size(self) -> tuple[int, int]:
+        return self.size, self.size
+
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         return SyntheticFacades(self.lengths[split], self.size, split, self.seed, self.direction, self.transform(train))
 
@@ -213,6 +238,9 @@ class SyntheticShapesDataModule(TranslationDataModule):
         super().__init__(**kwargs)
         self.size, self.seed = size, seed
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
+
+    def source_image_size(self) -> tuple[int, int]:
+        return self.size, self.size
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         transform = self.transform(train)
