@@ -8,15 +8,16 @@ data-wait fraction with the real DataLoader). Also times generator inference (th
 ``Translator(compile=True)``, i.e. with inductor's weight freezing), counts FLOPs with ``FlopCounterMode``
 and relates them to a measured matmul peak.
 
-Two baselines:
-- ``issue``: the reference repo's figures as given in the issue (2-core CPU, batch 1, 256x256, fp32),
-  measured on another machine;
-- ``loop``: the reference's training iteration measured here, in the same run: a plain PyTorch loop
+Baselines:
+- ``loop`` (always): the reference's training iteration measured here, in the same run: a plain PyTorch loop
   (no Lightning) doing what the reference's ``optimize_parameters`` does (forward, D update with
   D's grads on, G update with them off, or the CycleGAN order), with its optimizer settings (Adam,
   per-tensor, fp32, eager), on networks of the reference's architecture (same parameter counts and
-  FLOPs). It runs before and after the modes; the table uses the mean and reports the drift.
-Writes JSON and prints a table with both ratios and pass/miss per target against each baseline.
+  FLOPs). It runs before and after the modes; the table uses the mean and reports the drift;
+- ``reference=FILE`` (optional): published figures measured elsewhere, and targets to reach, from a YAML
+  file (``figures: {model: {s_per_iteration, generator_forward_s, peak_rss_gb}}``, ``targets: {...}``), such
+  as ``benchmarks/reference_cpu.yaml`` in the source tree.
+Writes JSON and prints a table with the ratios and, given targets, pass/miss against each baseline.
 """
 
 from __future__ import annotations
@@ -49,12 +50,26 @@ from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.image_pool import ImagePool
 from gan_translate.translator import FrozenCompiled
 
-# The issue's figures on the 2-core reference CPU (batch 1, 256x256, fp32).
-REFERENCE = {
-    "pix2pix": {"s_per_iteration": 0.80, "generator_forward_s": 0.130, "peak_rss_gb": 1.9},
-    "cyclegan": {"s_per_iteration": 11.2, "generator_forward_s": 0.597, "peak_rss_gb": 4.2},
-}
-TARGETS = {"best_throughput": 1.5, "fp32_throughput": 1.0, "inference_speedup": 2.0, "memory_ratio": 1.0}
+TARGET_NAMES = ("best_throughput", "fp32_throughput", "inference_speedup", "memory_ratio")
+FIGURE_KEYS = ("s_per_iteration", "generator_forward_s", "peak_rss_gb")
+
+
+def load_reference(path: str | None, models: list[str]) -> dict:
+    """``{"figures": {model: {...}}, "targets": {...}}`` from ``reference=FILE``; empty without one."""
+    if not path:
+        return {"figures": {}, "targets": {}}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"benchmark reference={path}: no such file")
+    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    figures, targets = loaded.get("figures", {}), loaded.get("targets", {})
+    for model_name in models:
+        missing = [key for key in FIGURE_KEYS if key not in figures.get(model_name, {})]
+        if missing:
+            raise ValueError(f"benchmark reference={path}: figures.{model_name} lacks {missing}")
+    unknown = sorted(set(targets) - set(TARGET_NAMES))
+    if unknown:
+        raise ValueError(f"benchmark reference={path}: unknown targets {unknown}; known: {list(TARGET_NAMES)}")
+    return {"figures": figures, "targets": targets}
 MODES = {  # precision, channels_last, compile
     "fp32": ("32-true", False, False),
     "bf16": ("bf16-mixed", False, False),
@@ -63,7 +78,7 @@ MODES = {  # precision, channels_last, compile
     "compile": ("32-true", False, True),
 }
 MODEL_OVERRIDES = {
-    "pix2pix": ["model=pix2pix", "generator=unet_256", "data=synthetic_facades"],
+    "pix2pix": ["~experiment", "model=pix2pix", "generator=unet_256", "data=synthetic_facades"],  # no demo widths
     "cyclegan": ["experiment=shapes_cyclegan", "generator=resnet_9blocks", "data=synthetic_shapes"],
 }
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -71,12 +86,12 @@ AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 def model_config(bench: DictConfig, model: str, precision: str, channels_last: bool, compile: bool,
                  data_overrides: list[str] | None = None) -> DictConfig:
-    """The training config the benchmark runs: train.yaml with paper widths (experiment=null)."""
+    """The training config the benchmark runs: train.yaml with paper widths."""
     overrides = [*MODEL_OVERRIDES[model]]
     if model == "pix2pix" and bench.size < 256:  # the U-Net halves down to 1x1
         overrides.append(f"generator.num_downs={int(math.log2(bench.size))}")
     overrides += [
-            "~experiment", f"generator.ngf={bench.ngf}", f"discriminator.ndf={bench.ndf}",
+            f"generator.ngf={bench.ngf}", f"discriminator.ndf={bench.ndf}",
             f"model.channels_last={channels_last}", f"model.compile={compile}", f"trainer.precision={precision}",
             f"data.size={bench.size}", f"data.batch_size={bench.batch_size}", "data.num_workers=0",
             f"data.train_length={(bench.warmup + bench.iterations + 1) * bench.batch_size}",
@@ -388,9 +403,10 @@ def choose_best(results: list[dict]) -> tuple:
     return MODES[best_precision][0], helps["channels_last"], helps["compile"]
 
 
-def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | None, loops: list[dict]) -> dict:
-    """Ratios of every mode to both baselines (the issue's figures and the loop measured here), and targets."""
-    reference = REFERENCE[model_name]
+def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | None, loops: list[dict],
+              figures: dict | None = None, targets_wanted: dict | None = None) -> dict:
+    """Ratios of every mode to the loop measured here (``loop_*``) and, given ``figures``, to those; targets."""
+    reference = figures
     loop = {key: sum(run[key] for run in loops) / len(loops)
             for key in ("s_per_iteration", "generator_forward_s", "peak_rss_gb")}
     loop["runs"] = loops
@@ -398,8 +414,9 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
     loop["drift"] = loops[-1]["s_per_iteration"] / loops[0]["s_per_iteration"]
     by_mode = {r["mode"]: r for r in results}
     peak_by_precision = {"32-true": peaks["fp32"], "bf16-mixed": peaks["bf16"], "16-mixed": peaks.get("fp16", peaks["bf16"])}
+    baselines = (("loop_", loop),) if reference is None else (("", reference), ("loop_", loop))
     for r in results:
-        for prefix, base in (("", reference), ("loop_", loop)):
+        for prefix, base in baselines:
             r[f"{prefix}throughput_ratio"] = base["s_per_iteration"] / r["s_per_iteration"]
             r[f"{prefix}inference_speedup"] = base["generator_forward_s"] / r["generator_forward_s"]
             r[f"{prefix}memory_ratio"] = r["peak_rss_gb"] / base["peak_rss_gb"]
@@ -421,44 +438,53 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
               "inference_speedup": (fastest_inference, "inference_speedup"),
               "memory_ratio": (by_mode["fp32"], "memory_ratio")}
     targets = {}
-    for name, (r, key) in chosen.items():
-        target = {"mode": r["mode"], "target": TARGETS[name], "ratio": r[key], "loop_ratio": r[f"loop_{key}"]}
+    for name, wanted in (targets_wanted or {}).items():
+        r, key = chosen[name]
+        target = {"mode": r["mode"], "target": wanted, "loop_ratio": r[f"loop_{key}"]}
+        if reference is not None:
+            target["ratio"] = r[key]
         kind = "inference" if name == "inference_speedup" else "throughput" if name != "memory_ratio" else None
-        if kind and ceiling_s[kind]:
-            field = "generator_forward_s" if kind == "inference" else "s_per_iteration"
-            target["fp32_ceiling"] = reference[field] / ceiling_s[kind]
-            target["loop_fp32_ceiling"] = loop[field] / ceiling_s[kind]
-        for prefix in ("", "loop_"):
+        field = "generator_forward_s" if kind == "inference" else "s_per_iteration"
+        for prefix, base in baselines:
+            if kind and ceiling_s[kind]:
+                target[f"{prefix}fp32_ceiling"] = base[field] / ceiling_s[kind]
             ratio = target[f"{prefix}ratio"]
-            target[f"{prefix}passed"] = bool(ratio <= TARGETS[name] if name == "memory_ratio" else ratio >= TARGETS[name])
+            target[f"{prefix}passed"] = bool(ratio <= wanted if name == "memory_ratio" else ratio >= wanted)
         targets[name] = target
     return {"reference": reference, "reference_loop": loop, "flops_per_iteration": flops, "modes": results,
             "targets": targets}
 
 
 def format_table(report: dict) -> str:
-    """xref: ratio to the issue's reference figures; xloop: to the reference loop measured in this run.
-    The fp32 ceiling of a target is the ratio reached if every FLOP ran at the measured fp32 matmul peak."""
+    """xref: ratio to the given reference figures (reference=FILE); xloop: to the reference loop measured in this
+    run. The fp32 ceiling of a target is the ratio reached if every FLOP ran at the measured fp32 matmul peak."""
     gpu = report["environment"]["device"].startswith("cuda")
     header = (f"{'model':9} {'mode':15} {'s/it':>8} {'img/s':>7} {'xref':>6} {'xloop':>6} {'G fwd ms':>9} {'xref':>6} "
               f"{'xloop':>6} {'RSS GB':>7} {'xref':>5} {'GFLOP/s':>8} {'%peak':>6}") + (f" {'GPU GB':>7}" if gpu else "")
     lines = [header, "-" * len(header)]
     nan = float("nan")
+
+    def ratio(a: float, b: float | None) -> float:
+        return nan if b is None else a / b
+
     for model_name, summary in report["models"].items():
         ref, loop = summary["reference"], summary["reference_loop"]
-        lines.append(f"{model_name:9} {'reference/issue':15} {ref['s_per_iteration']:8.3f} {1 / ref['s_per_iteration']:7.2f} "
-                     f"{1.0:6.2f} {'':6} {ref['generator_forward_s'] * 1e3:9.1f} {1.0:6.2f} {'':6} "
-                     f"{ref['peak_rss_gb']:7.2f} {1.0:5.2f}")
+        get = (lambda key: None) if ref is None else ref.get  # noqa: E731
+        if ref is not None:
+            lines.append(f"{model_name:9} {'reference/file':15} {ref['s_per_iteration']:8.3f} "
+                         f"{1 / ref['s_per_iteration']:7.2f} {1.0:6.2f} {'':6} {ref['generator_forward_s'] * 1e3:9.1f} "
+                         f"{1.0:6.2f} {'':6} {ref['peak_rss_gb']:7.2f} {1.0:5.2f}")
         lines.append(f"{model_name:9} {'reference/loop':15} {loop['s_per_iteration']:8.3f} {1 / loop['s_per_iteration']:7.2f} "
-                     f"{ref['s_per_iteration'] / loop['s_per_iteration']:6.2f} {1.0:6.2f} "
-                     f"{loop['generator_forward_s'] * 1e3:9.1f} {ref['generator_forward_s'] / loop['generator_forward_s']:6.2f} "
-                     f"{1.0:6.2f} {loop['peak_rss_gb']:7.2f} {loop['peak_rss_gb'] / ref['peak_rss_gb']:5.2f} "
+                     f"{ratio(get('s_per_iteration') or nan, loop['s_per_iteration']):6.2f} {1.0:6.2f} "
+                     f"{loop['generator_forward_s'] * 1e3:9.1f} "
+                     f"{ratio(get('generator_forward_s') or nan, loop['generator_forward_s']):6.2f} "
+                     f"{1.0:6.2f} {loop['peak_rss_gb']:7.2f} {ratio(loop['peak_rss_gb'], get('peak_rss_gb')):5.2f} "
                      f"{loop.get('achieved_gflops', nan):8.1f} {100 * loop.get('fraction_of_matmul_peak', nan):6.1f}")
         for r in summary["modes"]:
             line = (f"{model_name:9} {r['mode']:15} {r['s_per_iteration']:8.3f} {r['images_per_s']:7.2f} "
-                    f"{r['throughput_ratio']:6.2f} {r['loop_throughput_ratio']:6.2f} {r['generator_forward_s'] * 1e3:9.1f} "
-                    f"{r['inference_speedup']:6.2f} {r['loop_inference_speedup']:6.2f} "
-                    f"{r['peak_rss_gb']:7.2f} {r['memory_ratio']:5.2f} "
+                    f"{r.get('throughput_ratio', nan):6.2f} {r['loop_throughput_ratio']:6.2f} "
+                    f"{r['generator_forward_s'] * 1e3:9.1f} {r.get('inference_speedup', nan):6.2f} "
+                    f"{r['loop_inference_speedup']:6.2f} {r['peak_rss_gb']:7.2f} {r.get('memory_ratio', nan):5.2f} "
                     f"{r.get('achieved_gflops', nan):8.1f} {100 * r.get('fraction_of_matmul_peak', nan):6.1f}")
             if gpu:
                 line += f" {r.get('peak_gpu_memory_gb', nan):7.2f}"
@@ -469,11 +495,12 @@ def format_table(report: dict) -> str:
                      f"(after/before the modes) {loop['drift']:.2f}x")
         for name, target in summary["targets"].items():
             op = "<=" if name == "memory_ratio" else ">="
-            line = (f"{'':9} target {name:18} {target['mode']:15} {op} {target['target']:.1f}x: "
-                    f"vs issue {target['ratio']:5.2f}x {'PASS' if target['passed'] else 'MISS'}, "
-                    f"vs loop {target['loop_ratio']:5.2f}x {'PASS' if target['loop_passed'] else 'MISS'}")
-            if "fp32_ceiling" in target:
-                line += f"  (fp32 ceiling here: {target['fp32_ceiling']:.2f}x / {target['loop_fp32_ceiling']:.2f}x)"
+            line = f"{'':9} target {name:18} {target['mode']:15} {op} {target['target']:.1f}x:"
+            if "ratio" in target:
+                line += f" vs reference file {target['ratio']:5.2f}x {'PASS' if target['passed'] else 'MISS'},"
+            line += f" vs loop {target['loop_ratio']:5.2f}x {'PASS' if target['loop_passed'] else 'MISS'}"
+            if "loop_fp32_ceiling" in target:
+                line += f"  (fp32 ceiling here: {target.get('fp32_ceiling', nan):.2f}x / {target['loop_fp32_ceiling']:.2f}x)"
             lines.append(line)
     return "\n".join(lines)
 
@@ -505,9 +532,11 @@ def run(bench: DictConfig) -> dict:
         modes.remove("bf16")
         report["skipped"]["bf16"] = (f"bf16 matmul {peaks['bf16']:.1f} GFLOP/s vs fp32 {peaks['fp32']:.1f}: "
                                      "no native bf16 on this CPU (force_bf16=true times it anyway)")
+    unknown = [m for m in bench.models if m not in REFERENCE_STEPS]
+    if unknown:
+        raise ValueError(f"benchmark models: unknown {unknown}; choose from {sorted(REFERENCE_STEPS)}")
+    reference = load_reference(bench.get("reference"), list(bench.models))
     for model_name in bench.models:
-        if model_name not in REFERENCE:
-            raise ValueError(f"benchmark models: unknown {model_name!r}; choose from {sorted(REFERENCE)}")
         loops = [call(run_reference_loop, bench, device, model_name)]
         results: list[dict] = []
         for mode in modes:
@@ -517,7 +546,8 @@ def run(bench: DictConfig) -> dict:
             results.append(call(run_mode, bench, device, model_name, mode, setting, first, first and bench.profile))
         loops.append(call(run_reference_loop, bench, device, model_name))
         flops = results[0]["flops_per_iteration"]
-        summary = summarise(model_name, results, report["matmul_peak_gflops"], flops, loops)
+        summary = summarise(model_name, results, report["matmul_peak_gflops"], flops, loops,
+                            reference["figures"].get(model_name), reference["targets"])
         summary["data_wait"] = call(data_wait, bench, model_name)
         best_step = min(r["s_per_iteration"] for r in results)
         summary["data_wait"]["fraction_of_step"] = summary["data_wait"]["s_per_batch"] / best_step
@@ -528,7 +558,7 @@ def run(bench: DictConfig) -> dict:
 def where_time_goes(report: dict) -> str:
     lines = []
     for model_name, summary in report["models"].items():
-        missed = [name for name, t in summary["targets"].items() if not (t["passed"] and t["loop_passed"])]
+        missed = [name for name, t in summary["targets"].items() if not (t.get("passed", True) and t["loop_passed"])]
         if not missed:
             continue
         fp32 = summary["modes"][0]

@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from tiny_runs import tiny_config
 
-from gan_translate.benchmark import REFERENCE_STEPS
+from gan_translate.benchmark import REFERENCE_STEPS, load_reference
 from gan_translate.checkpoint import build_model
 from gan_translate.models.image_pool import ImagePool
 
@@ -29,8 +29,18 @@ def run_benchmark(tmp_path: Path, *overrides: str) -> dict:
     command = [sys.executable, "-m", "gan_translate.benchmark", *TINY, f"output={output}", *overrides]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "target best_throughput" in result.stdout  # the printed table
-    return json.loads(output.read_text())
+    report = json.loads(output.read_text())
+    if report["settings"]["reference"]:
+        assert "target best_throughput" in result.stdout  # the printed table
+    return report
+
+
+def check_loop_only_report(report: dict) -> None:
+    """Without reference=FILE: ratios to the loop measured in the run only, no figures, no targets."""
+    for summary in report["models"].values():
+        assert summary["reference"] is None and summary["targets"] == {}
+        for r in summary["modes"]:
+            assert r["loop_throughput_ratio"] > 0 and "throughput_ratio" not in r
 
 
 def check_report(report: dict, models: list[str], modes: list[str]) -> None:
@@ -61,15 +71,27 @@ def check_report(report: dict, models: list[str], modes: list[str]) -> None:
 
 def test_benchmark_smoke(tmp_path):
     modes = ["fp32", "bf16", "channels_last", "best"]
-    report = run_benchmark(tmp_path, "models=[pix2pix,cyclegan]", f"modes=[{','.join(modes)}]", "isolate=false")
+    report = run_benchmark(tmp_path, "models=[pix2pix,cyclegan]", f"modes=[{','.join(modes)}]", "isolate=false",
+                           f"reference={ROOT / 'benchmarks' / 'reference_cpu.yaml'}")
     check_report(report, ["pix2pix", "cyclegan"], modes)
+
+
+def test_reference_file_is_checked(tmp_path):
+    bad = tmp_path / "ref.yaml"
+    bad.write_text("figures: {pix2pix: {s_per_iteration: 1.0}}\ntargets: {speed: 2}\n")
+    with pytest.raises(ValueError, match=r"figures.pix2pix lacks \['generator_forward_s', 'peak_rss_gb'\]"):
+        load_reference(str(bad), ["pix2pix"])
+    with pytest.raises(FileNotFoundError, match="reference=nowhere.yaml"):
+        load_reference("nowhere.yaml", ["pix2pix"])
+    assert load_reference(None, ["pix2pix"]) == {"figures": {}, "targets": {}}
 
 
 @pytest.mark.slow
 def test_benchmark_all_modes_with_compile(tmp_path):
     modes = ["fp32", "bf16", "channels_last", "compile", "best"]
     report = run_benchmark(tmp_path, "models=[pix2pix]", "profile=true")
-    check_report(report, ["pix2pix"], modes)
+    check_loop_only_report(report)
+    assert [r["mode"] for r in report["models"]["pix2pix"]["modes"]] == modes
     assert report["models"]["pix2pix"]["modes"][0]["profile"]  # the torch.profiler table of one step
 
 
