@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import compose_train, write_aligned
 from hydra.utils import instantiate
 from tiny_runs import tiny_config
 
-from gan_translate.benchmark import REFERENCE_STEPS, load_reference
+from gan_translate.benchmark import REFERENCE_STEPS, load_reference, run
 from gan_translate.checkpoint import build_model
 from gan_translate.models.image_pool import ImagePool
 
@@ -135,3 +136,19 @@ def test_reference_loop_is_the_same_iteration_as_the_lightning_step(tmp_path, me
     replayed_buffers = dict(replay.named_buffers())
     for name, buffer in model.named_buffers():  # batch-norm running statistics too
         torch.testing.assert_close(replayed_buffers[name], buffer, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_benchmark_device_cache_on_real_files(tmp_path):
+    """modes=[fp32,device_cache] on real files (data_root per model): both modes train on them, report the time
+    per iteration with the data, and the full-recipe projection uses it. In-process (cheaper than the CLI)."""
+    root = write_aligned(tmp_path / "facades", splits=("train",), count=4)
+    bench = compose_train([*TINY, "models=[pix2pix]", "modes=[fp32,device_cache]", "isolate=false",
+                           f"data_root={{pix2pix:{root}}}", "recipe_iterations.pix2pix=100"], config_name="benchmark")
+    summary = run(bench)["models"]["pix2pix"]
+    assert [(r["mode"], r["device_cache"]) for r in summary["modes"]] == [("fp32", False), ("device_cache", True)]
+    for r in summary["modes"]:
+        assert r["s_per_iteration_with_data"] > 0 and len(r["step_with_data_times_s"]) == 1
+    assert summary["data_wait"]["source"] == str(root)
+    projection = summary["recipe_projection"]
+    fastest = min(r["s_per_iteration_with_data"] for r in summary["modes"])
+    assert projection["iterations"] == 100 and math.isclose(projection["minutes"], 100 * fastest / 60)

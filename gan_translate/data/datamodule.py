@@ -23,6 +23,8 @@ from gan_translate.data.datasets import (
     SkipBadImages,
     UnalignedDataset,
 )
+from gan_translate.data.device_cache import KEY as DEVICE_CACHE_KEY
+from gan_translate.data.device_cache import DeviceCache
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
 from gan_translate.data.transforms import CROPPING_MODES, build_transform
 
@@ -49,6 +51,7 @@ class TranslationDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         drop_last: bool = False,
         on_bad_image: str = "raise",
+        device_cache: bool = False,
     ) -> None:
         super().__init__()
         if on_bad_image not in ("raise", "skip"):
@@ -61,6 +64,9 @@ class TranslationDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.drop_last = drop_last
+        # Training split decoded once and kept on the training device (gan_translate/data/device_cache.py).
+        self.device_cache = device_cache
+        self.train_cache: DeviceCache | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -115,6 +121,8 @@ class TranslationDataModule(pl.LightningDataModule):
                 SkipBadImages(ds) if ds is not None and not isinstance(ds, SkipBadImages) else ds
                 for ds in (self.train_set, self.val_set, self.test_set)
             )
+        if self.device_cache and self.train_set is not None and self.train_cache is None:
+            self.train_cache = DeviceCache.build(self)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if dataset is None:
@@ -130,7 +138,14 @@ class TranslationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self):
+        if self.train_cache is not None:
+            return self.train_cache.loader(self)
         return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        if self.train_cache is not None and isinstance(batch, dict) and DEVICE_CACHE_KEY in batch:
+            return self.train_cache.batch(batch, device)  # images cut on the device from the cache
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self):
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
