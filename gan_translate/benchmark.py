@@ -4,19 +4,21 @@ Times steady-state training iterations (one full GAN step: D and G updates) thro
 ``Trainer`` with the real ``training_step``, so manual_backward/LightningOptimizer and the precision plugin
 (autocast, GradScaler) are in the measured path; a per-batch callback takes the time between
 ``on_train_batch_start`` and ``on_train_batch_end`` (data loading excluded; measured separately as the
-data-wait fraction with the real DataLoader). Also times generator inference (the compile mode through
-``Translator(compile=True)``, i.e. with inductor's weight freezing), counts FLOPs with ``FlopCounterMode``
-and relates them to a measured matmul peak.
+data-wait fraction with the real DataLoader) and, per mode, the time from one batch end to the next (the
+step plus fetching and device transfer: what ``data.device_cache`` changes). Also times generator inference
+(the compile mode through ``Translator(compile=True)``, i.e. with inductor's weight freezing), counts FLOPs
+with ``FlopCounterMode`` and relates them to a measured matmul peak.
 
-Two baselines:
-- ``issue``: the reference repo's figures as given in the issue (2-core CPU, batch 1, 256x256, fp32),
-  measured on another machine;
-- ``loop``: the reference's training iteration measured here, in the same run: a plain PyTorch loop
+Baselines:
+- ``loop`` (always): the reference's training iteration measured here, in the same run: a plain PyTorch loop
   (no Lightning) doing what the reference's ``optimize_parameters`` does (forward, D update with
   D's grads on, G update with them off, or the CycleGAN order), with its optimizer settings (Adam,
   per-tensor, fp32, eager), on networks of the reference's architecture (same parameter counts and
-  FLOPs). It runs before and after the modes; the table uses the mean and reports the drift.
-Writes JSON and prints a table with both ratios and pass/miss per target against each baseline.
+  FLOPs). It runs before and after the modes; the table uses the mean and reports the drift;
+- ``reference=FILE`` (optional): published figures measured elsewhere, and targets to reach, from a YAML
+  file (``figures: {model: {s_per_iteration, generator_forward_s, peak_rss_gb}}``, ``targets: {...}``), such
+  as ``benchmarks/reference_cpu.yaml`` in the source tree.
+Writes JSON and prints a table with the ratios and, given targets, pass/miss against each baseline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -44,42 +47,82 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from gan_translate.checkpoint import build_model
+from gan_translate.config import CONF_DIR
+from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.image_pool import ImagePool
-from gan_translate.train import CONF_DIR
 from gan_translate.translator import FrozenCompiled
 
-# The issue's figures on the 2-core reference CPU (batch 1, 256x256, fp32).
-REFERENCE = {
-    "pix2pix": {"s_per_iteration": 0.80, "generator_forward_s": 0.130, "peak_rss_gb": 1.9},
-    "cyclegan": {"s_per_iteration": 11.2, "generator_forward_s": 0.597, "peak_rss_gb": 4.2},
-}
-TARGETS = {"best_throughput": 1.5, "fp32_throughput": 1.0, "inference_speedup": 2.0, "memory_ratio": 1.0}
-MODES = {  # precision, channels_last, compile
-    "fp32": ("32-true", False, False),
-    "bf16": ("bf16-mixed", False, False),
-    "fp16": ("16-mixed", False, False),
-    "channels_last": ("32-true", True, False),
-    "compile": ("32-true", False, True),
+TARGET_NAMES = ("best_throughput", "fp32_throughput", "inference_speedup", "memory_ratio")
+FIGURE_KEYS = ("s_per_iteration", "generator_forward_s", "peak_rss_gb")
+
+
+def load_reference(path: str | None, models: list[str]) -> dict:
+    """``{"figures": {model: {...}}, "targets": {...}}`` from ``reference=FILE``; empty without one."""
+    if not path:
+        return {"figures": {}, "targets": {}}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"benchmark reference={path}: no such file")
+    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    figures, targets = loaded.get("figures", {}), loaded.get("targets", {})
+    for model_name in models:
+        missing = [key for key in FIGURE_KEYS if key not in figures.get(model_name, {})]
+        if missing:
+            raise ValueError(f"benchmark reference={path}: figures.{model_name} lacks {missing}")
+    unknown = sorted(set(targets) - set(TARGET_NAMES))
+    if unknown:
+        raise ValueError(f"benchmark reference={path}: unknown targets {unknown}; known: {list(TARGET_NAMES)}")
+    return {"figures": figures, "targets": targets}
+MODES = {  # precision, channels_last, compile, data.device_cache
+    "fp32": ("32-true", False, False, False),
+    "bf16": ("bf16-mixed", False, False, False),
+    "fp16": ("16-mixed", False, False, False),
+    "channels_last": ("32-true", True, False, False),
+    "compile": ("32-true", False, True, False),
+    "device_cache": ("32-true", False, False, True),
+    "gpu_fast": ("bf16-mixed", True, True, True),  # what trainer=gpu_fast turns on
 }
 MODEL_OVERRIDES = {
-    "pix2pix": ["model=pix2pix", "generator=unet_256", "data=synthetic_facades"],
-    "cyclegan": ["model=cyclegan", "generator=resnet_9blocks", "data=synthetic_shapes"],
+    "pix2pix": ["~experiment", "model=pix2pix", "generator=unet_256"],  # no demo widths
+    "cyclegan": ["experiment=shapes_cyclegan", "generator=resnet_9blocks"],
 }
+# Data of the training modes: the embedded synthetic sets, or real data in the papers' layouts (data_root).
+SYNTHETIC_DATA = {"pix2pix": "synthetic_facades", "cyclegan": "synthetic_shapes"}
+REAL_DATA = {"pix2pix": ["data=aligned", "data.direction=BtoA"], "cyclegan": ["data=unaligned"]}
+
+
+def data_root_for(bench: DictConfig, model: str) -> str | None:
+    """``data_root`` of ``model``: one path for every model, or a mapping model -> path."""
+    root = bench.get("data_root")
+    return root.get(model) if isinstance(root, Mapping) else root
+
+
+def data_overrides(bench: DictConfig, model: str, steps: int, workers: int) -> list[str]:
+    """The data of a run of ``steps`` batches: real files under data_root (the papers' 286/256 resize and crop,
+    scaled to ``size``) with ``workers`` loader workers, else ``steps`` synthetic batches rendered in-process."""
+    root = data_root_for(bench, model)
+    if root is None:
+        return [f"data={SYNTHETIC_DATA[model]}", f"data.size={bench.size}", "data.num_workers=0",
+                f"data.train_length={steps * bench.batch_size}"]
+    return [*REAL_DATA[model], f"data.root={root}", f"data.num_workers={workers}", f"data.crop_size={bench.size}",
+            f"data.load_size={round(bench.size * 286 / 256)}"]
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def model_config(bench: DictConfig, model: str, precision: str, channels_last: bool, compile: bool,
-                 data_overrides: list[str] | None = None) -> DictConfig:
-    """The training config the benchmark runs: train.yaml with paper widths (experiment=null)."""
+def model_config(bench: DictConfig, model: str, setting: tuple = MODES["fp32"],
+                 data: list[str] | None = None) -> DictConfig:
+    """The training config the benchmark runs: train.yaml with paper widths, a MODES ``setting`` and ``data``
+    (data_overrides; default: a few synthetic batches)."""
+    precision, channels_last, compile, device_cache = setting
     overrides = [*MODEL_OVERRIDES[model]]
     if model == "pix2pix" and bench.size < 256:  # the U-Net halves down to 1x1
         overrides.append(f"generator.num_downs={int(math.log2(bench.size))}")
     overrides += [
-            "~experiment", f"generator.ngf={bench.ngf}", f"discriminator.ndf={bench.ndf}",
+            f"generator.ngf={bench.ngf}", f"discriminator.ndf={bench.ndf}",
             f"model.channels_last={channels_last}", f"model.compile={compile}", f"trainer.precision={precision}",
-            f"data.size={bench.size}", f"data.batch_size={bench.batch_size}", "data.num_workers=0",
-            f"data.train_length={(bench.warmup + bench.iterations + 1) * bench.batch_size}",
-            "paths.output_dir=benchmark_unused", *(data_overrides or []),
+            *(data or [f"data={SYNTHETIC_DATA[model]}", f"data.size={bench.size}", "data.num_workers=0",
+                       f"data.train_length={(bench.warmup + bench.iterations + 1) * bench.batch_size}"]),
+            f"data.batch_size={bench.batch_size}", f"data.device_cache={device_cache}",
+            "paths.output_dir=benchmark_unused",
     ]
     if GlobalHydra.instance().is_initialized():  # inside @hydra.main: same config dir
         return compose("train", overrides=overrides)
@@ -93,6 +136,9 @@ class StepTimer(pl.Callback):
     def __init__(self, device: torch.device, count_flops_at: int | None, profile_at: int | None) -> None:
         self.device, self.count_flops_at, self.profile_at = device, count_flops_at, profile_at
         self.times: list[float] = []
+        # Batch end to batch end: the step plus fetching, device transfer and the loop's own work in between.
+        self.times_with_data: list[float] = []
+        self._last_end: float | None = None
         self.flops: int | None = None
         self.profile_table: str | None = None
         self.peak_rss_gb: float | None = None  # before the instrumented steps, whose bookkeeping costs memory
@@ -116,9 +162,12 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._sync()
-        elapsed = time.perf_counter() - self._start
+        end = time.perf_counter()
+        elapsed = end - self._start
         if self._context is None:
             self.times.append(elapsed)
+            self.times_with_data.append(end - self._last_end if self._last_end is not None else math.nan)
+            self._last_end = end
             return
         self._context.__exit__(None, None, None)
         if batch_idx == self.count_flops_at:
@@ -146,11 +195,12 @@ def peak_rss_gb() -> float:
 def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str, setting: tuple,
              count_flops: bool, profile: bool) -> dict:
     """Train ``warmup + iterations`` steps in a real Trainer and time generator inference."""
-    precision, channels_last, compile = setting
+    precision, channels_last, compile, device_cache = setting
     torch.manual_seed(0)
-    cfg = model_config(bench, model_name, precision, channels_last, compile)
-    model = build_model(cfg)
     extra = int(count_flops) + int(profile)
+    steps = bench.warmup + bench.iterations + extra
+    cfg = model_config(bench, model_name, setting, data_overrides(bench, model_name, steps, bench.data_workers))
+    model = build_model(cfg)
     # Untimed steps: warm-up first; the FLOP count / profile come after the timed steps (they slow a step
     # down and their bookkeeping would raise the peak memory).
     count_at = bench.warmup + bench.iterations if count_flops else None
@@ -158,17 +208,16 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     timer = StepTimer(device, count_at, profile_at)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with open_dict(cfg):
-        cfg.data.train_length = (bench.warmup + bench.iterations + extra) * bench.batch_size
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
-        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        max_epochs=1, limit_train_batches=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )
     trainer.fit(model, datamodule=instantiate(cfg.data))
     training_rss_gb = timer.peak_rss_gb or peak_rss_gb()  # training only: compiled inference adds its own
     timed = timer.times[bench.warmup:]
     step_s = statistics.median(timed)  # robust to the odd step slowed down by another process
+    timed_with_data = [t for t in timer.times_with_data[bench.warmup:] if not math.isnan(t)]  # none at warmup=0
 
     generator = model.generator_for()
     if compile:  # what predict/evaluate run with compile=true: an eager copy compiled with freezing
@@ -179,8 +228,10 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     forward_s = time_inference(bench, generator, model.prepare(images), precision)
     result = {
         "model": model_name, "mode": mode, "precision": precision, "channels_last": channels_last,
-        "compile": compile, "s_per_iteration": step_s, "images_per_s": bench.batch_size / step_s,
-        "step_times_s": timed, "generator_forward_s": forward_s,
+        "compile": compile, "device_cache": device_cache, "s_per_iteration": step_s,
+        "images_per_s": bench.batch_size / step_s, "step_times_s": timed,
+        "s_per_iteration_with_data": statistics.median(timed_with_data) if timed_with_data else None,
+        "step_with_data_times_s": timed_with_data, "generator_forward_s": forward_s,
         "peak_rss_gb": training_rss_gb, "flops_per_iteration": timer.flops,
         "profile": timer.profile_table,
     }
@@ -257,7 +308,7 @@ REFERENCE_STEPS = {"pix2pix": reference_pix2pix_step, "cyclegan": reference_cycl
 def run_reference_loop(bench: DictConfig, device: torch.device, model_name: str) -> dict:
     """The reference's iteration as a plain PyTorch loop on the same networks (see the module docstring)."""
     torch.manual_seed(0)
-    cfg = model_config(bench, model_name, "32-true", False, False)
+    cfg = model_config(bench, model_name)
     model = build_model(cfg).to(device).train()
     groups = model.optimizer_groups()
     # The reference's optimizer: Adam(lr, betas) with torch's defaults, i.e. the per-tensor loop on CPU.
@@ -317,18 +368,11 @@ def matmul_peak(device: torch.device, size: int | None = None, seconds: float = 
 
 def data_wait(bench: DictConfig, model_name: str) -> dict:
     """Seconds per batch of the real DataLoader (embedded synthetic data, or data_root)."""
-    data = []
-    if bench.data_root:
-        kind = "aligned" if model_name == "pix2pix" else "unaligned"
-        data = [f"data={kind}", f"data.root={bench.data_root}", f"data.num_workers={bench.data_workers}"]
-        if model_name == "pix2pix":
-            data.append("data.direction=BtoA")
-    cfg = model_config(bench, model_name, "32-true", False, False, data)
+    data = data_overrides(bench, model_name, bench.data_batches + 1, bench.data_workers)
+    cfg = model_config(bench, model_name, data=data)
     with open_dict(cfg):
         cfg.data.num_workers = bench.data_workers
         cfg.data.persistent_workers = False
-        if not bench.data_root:
-            cfg.data.train_length = (bench.data_batches + 1) * bench.batch_size
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     loader = iter(datamodule.train_dataloader())
@@ -341,7 +385,7 @@ def data_wait(bench: DictConfig, model_name: str) -> dict:
         except StopIteration:
             break
         batches += 1
-    return {"source": bench.data_root or "embedded synthetic", "s_per_batch": (time.perf_counter() - start) / max(batches, 1)}
+    return {"source": data_root_for(bench, model_name) or "embedded synthetic", "s_per_batch": (time.perf_counter() - start) / max(batches, 1)}
 
 
 def in_child(function, *args):
@@ -378,18 +422,23 @@ def environment(device: torch.device) -> dict:
 
 
 def choose_best(results: list[dict]) -> tuple:
-    """The fastest measured precision, plus channels_last/compile where each beat plain fp32."""
+    """The fastest measured precision, plus channels_last/compile/device_cache where each beat plain fp32 (the
+    device cache by the time per iteration with the data, which is what it changes)."""
     by_mode = {r["mode"]: r for r in results}
     precisions = [m for m in ("fp32", "bf16", "fp16") if m in by_mode]
     best_precision = min(precisions, key=lambda m: by_mode[m]["s_per_iteration"])
-    fp32 = by_mode["fp32"]["s_per_iteration"]
-    helps = {m: m in by_mode and by_mode[m]["s_per_iteration"] < fp32 for m in ("channels_last", "compile")}
-    return MODES[best_precision][0], helps["channels_last"], helps["compile"]
+    helps = {}
+    for mode, key in (("channels_last", "s_per_iteration"), ("compile", "s_per_iteration"),
+                      ("device_cache", "s_per_iteration_with_data")):
+        times = (by_mode[mode][key], by_mode["fp32"][key]) if mode in by_mode else (None, None)
+        helps[mode] = None not in times and times[0] < times[1]
+    return MODES[best_precision][0], helps["channels_last"], helps["compile"], helps["device_cache"]
 
 
-def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | None, loops: list[dict]) -> dict:
-    """Ratios of every mode to both baselines (the issue's figures and the loop measured here), and targets."""
-    reference = REFERENCE[model_name]
+def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | None, loops: list[dict],
+              figures: dict | None = None, targets_wanted: dict | None = None) -> dict:
+    """Ratios of every mode to the loop measured here (``loop_*``) and, given ``figures``, to those; targets."""
+    reference = figures
     loop = {key: sum(run[key] for run in loops) / len(loops)
             for key in ("s_per_iteration", "generator_forward_s", "peak_rss_gb")}
     loop["runs"] = loops
@@ -397,8 +446,9 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
     loop["drift"] = loops[-1]["s_per_iteration"] / loops[0]["s_per_iteration"]
     by_mode = {r["mode"]: r for r in results}
     peak_by_precision = {"32-true": peaks["fp32"], "bf16-mixed": peaks["bf16"], "16-mixed": peaks.get("fp16", peaks["bf16"])}
+    baselines = (("loop_", loop),) if reference is None else (("", reference), ("loop_", loop))
     for r in results:
-        for prefix, base in (("", reference), ("loop_", loop)):
+        for prefix, base in baselines:
             r[f"{prefix}throughput_ratio"] = base["s_per_iteration"] / r["s_per_iteration"]
             r[f"{prefix}inference_speedup"] = base["generator_forward_s"] / r["generator_forward_s"]
             r[f"{prefix}memory_ratio"] = r["peak_rss_gb"] / base["peak_rss_gb"]
@@ -420,59 +470,77 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
               "inference_speedup": (fastest_inference, "inference_speedup"),
               "memory_ratio": (by_mode["fp32"], "memory_ratio")}
     targets = {}
-    for name, (r, key) in chosen.items():
-        target = {"mode": r["mode"], "target": TARGETS[name], "ratio": r[key], "loop_ratio": r[f"loop_{key}"]}
+    for name, wanted in (targets_wanted or {}).items():
+        r, key = chosen[name]
+        target = {"mode": r["mode"], "target": wanted, "loop_ratio": r[f"loop_{key}"]}
+        if reference is not None:
+            target["ratio"] = r[key]
         kind = "inference" if name == "inference_speedup" else "throughput" if name != "memory_ratio" else None
-        if kind and ceiling_s[kind]:
-            field = "generator_forward_s" if kind == "inference" else "s_per_iteration"
-            target["fp32_ceiling"] = reference[field] / ceiling_s[kind]
-            target["loop_fp32_ceiling"] = loop[field] / ceiling_s[kind]
-        for prefix in ("", "loop_"):
+        field = "generator_forward_s" if kind == "inference" else "s_per_iteration"
+        for prefix, base in baselines:
+            if kind and ceiling_s[kind]:
+                target[f"{prefix}fp32_ceiling"] = base[field] / ceiling_s[kind]
             ratio = target[f"{prefix}ratio"]
-            target[f"{prefix}passed"] = bool(ratio <= TARGETS[name] if name == "memory_ratio" else ratio >= TARGETS[name])
+            target[f"{prefix}passed"] = bool(ratio <= wanted if name == "memory_ratio" else ratio >= wanted)
         targets[name] = target
     return {"reference": reference, "reference_loop": loop, "flops_per_iteration": flops, "modes": results,
             "targets": targets}
 
 
 def format_table(report: dict) -> str:
-    """xref: ratio to the issue's reference figures; xloop: to the reference loop measured in this run.
-    The fp32 ceiling of a target is the ratio reached if every FLOP ran at the measured fp32 matmul peak."""
+    """xref: ratio to the given reference figures (reference=FILE); xloop: to the reference loop measured in this
+    run. The fp32 ceiling of a target is the ratio reached if every FLOP ran at the measured fp32 matmul peak."""
     gpu = report["environment"]["device"].startswith("cuda")
-    header = (f"{'model':9} {'mode':15} {'s/it':>8} {'img/s':>7} {'xref':>6} {'xloop':>6} {'G fwd ms':>9} {'xref':>6} "
+    header = (f"{'model':9} {'mode':15} {'s/it':>8} {'+data':>8} {'img/s':>7} {'xref':>6} {'xloop':>6} {'G fwd ms':>9} {'xref':>6} "
               f"{'xloop':>6} {'RSS GB':>7} {'xref':>5} {'GFLOP/s':>8} {'%peak':>6}") + (f" {'GPU GB':>7}" if gpu else "")
     lines = [header, "-" * len(header)]
     nan = float("nan")
+
+    def ratio(a: float, b: float | None) -> float:
+        return nan if b is None else a / b
+
     for model_name, summary in report["models"].items():
         ref, loop = summary["reference"], summary["reference_loop"]
-        lines.append(f"{model_name:9} {'reference/issue':15} {ref['s_per_iteration']:8.3f} {1 / ref['s_per_iteration']:7.2f} "
-                     f"{1.0:6.2f} {'':6} {ref['generator_forward_s'] * 1e3:9.1f} {1.0:6.2f} {'':6} "
-                     f"{ref['peak_rss_gb']:7.2f} {1.0:5.2f}")
-        lines.append(f"{model_name:9} {'reference/loop':15} {loop['s_per_iteration']:8.3f} {1 / loop['s_per_iteration']:7.2f} "
-                     f"{ref['s_per_iteration'] / loop['s_per_iteration']:6.2f} {1.0:6.2f} "
-                     f"{loop['generator_forward_s'] * 1e3:9.1f} {ref['generator_forward_s'] / loop['generator_forward_s']:6.2f} "
-                     f"{1.0:6.2f} {loop['peak_rss_gb']:7.2f} {loop['peak_rss_gb'] / ref['peak_rss_gb']:5.2f} "
+        get = (lambda key: None) if ref is None else ref.get  # noqa: E731
+        if ref is not None:
+            lines.append(f"{model_name:9} {'reference/file':15} {ref['s_per_iteration']:8.3f} {'':8} "
+                         f"{1 / ref['s_per_iteration']:7.2f} {1.0:6.2f} {'':6} {ref['generator_forward_s'] * 1e3:9.1f} "
+                         f"{1.0:6.2f} {'':6} {ref['peak_rss_gb']:7.2f} {1.0:5.2f}")
+        lines.append(f"{model_name:9} {'reference/loop':15} {loop['s_per_iteration']:8.3f} {'':8} "
+                     f"{1 / loop['s_per_iteration']:7.2f} "
+                     f"{ratio(get('s_per_iteration') or nan, loop['s_per_iteration']):6.2f} {1.0:6.2f} "
+                     f"{loop['generator_forward_s'] * 1e3:9.1f} "
+                     f"{ratio(get('generator_forward_s') or nan, loop['generator_forward_s']):6.2f} "
+                     f"{1.0:6.2f} {loop['peak_rss_gb']:7.2f} {ratio(loop['peak_rss_gb'], get('peak_rss_gb')):5.2f} "
                      f"{loop.get('achieved_gflops', nan):8.1f} {100 * loop.get('fraction_of_matmul_peak', nan):6.1f}")
         for r in summary["modes"]:
-            line = (f"{model_name:9} {r['mode']:15} {r['s_per_iteration']:8.3f} {r['images_per_s']:7.2f} "
-                    f"{r['throughput_ratio']:6.2f} {r['loop_throughput_ratio']:6.2f} {r['generator_forward_s'] * 1e3:9.1f} "
-                    f"{r['inference_speedup']:6.2f} {r['loop_inference_speedup']:6.2f} "
-                    f"{r['peak_rss_gb']:7.2f} {r['memory_ratio']:5.2f} "
+            with_data = r.get("s_per_iteration_with_data")
+            line = (f"{model_name:9} {r['mode']:15} {r['s_per_iteration']:8.3f} {with_data or nan:8.3f} "
+                    f"{r['images_per_s']:7.2f} "
+                    f"{r.get('throughput_ratio', nan):6.2f} {r['loop_throughput_ratio']:6.2f} "
+                    f"{r['generator_forward_s'] * 1e3:9.1f} {r.get('inference_speedup', nan):6.2f} "
+                    f"{r['loop_inference_speedup']:6.2f} {r['peak_rss_gb']:7.2f} {r.get('memory_ratio', nan):5.2f} "
                     f"{r.get('achieved_gflops', nan):8.1f} {100 * r.get('fraction_of_matmul_peak', nan):6.1f}")
             if gpu:
                 line += f" {r.get('peak_gpu_memory_gb', nan):7.2f}"
             lines.append(line)
         data = summary["data_wait"]
+        if summary.get("recipe_projection"):
+            projection = summary["recipe_projection"]
+            lines.append(f"{'':9} full recipe ({projection['iterations']} iterations) at {projection['mode']}: "
+                         f"{projection['minutes']:.1f} min (s/iteration with data; without compile warm-up, "
+                         "validation, checkpoints)")
         lines.append(f"{'':9} data wait: {data['s_per_batch'] * 1e3:.1f} ms/batch ({data['source']}) = "
                      f"{100 * data['fraction_of_step']:.1f}% of the best step; reference loop drift "
                      f"(after/before the modes) {loop['drift']:.2f}x")
         for name, target in summary["targets"].items():
             op = "<=" if name == "memory_ratio" else ">="
-            line = (f"{'':9} target {name:18} {target['mode']:15} {op} {target['target']:.1f}x: "
-                    f"vs issue {target['ratio']:5.2f}x {'PASS' if target['passed'] else 'MISS'}, "
-                    f"vs loop {target['loop_ratio']:5.2f}x {'PASS' if target['loop_passed'] else 'MISS'}")
-            if "fp32_ceiling" in target:
-                line += f"  (fp32 ceiling here: {target['fp32_ceiling']:.2f}x / {target['loop_fp32_ceiling']:.2f}x)"
+            line = f"{'':9} target {name:18} {target['mode']:15} {op} {target['target']:.1f}x:"
+            if "ratio" in target:
+                line += f" vs reference file {target['ratio']:5.2f}x {'PASS' if target['passed'] else 'MISS'},"
+            line += f" vs loop {target['loop_ratio']:5.2f}x {'PASS' if target['loop_passed'] else 'MISS'}"
+            if "loop_fp32_ceiling" in target:
+                line += f"  (fp32 ceiling here: {target.get('fp32_ceiling', nan):.2f}x / {target['loop_fp32_ceiling']:.2f}x)"
             lines.append(line)
     return "\n".join(lines)
 
@@ -504,9 +572,11 @@ def run(bench: DictConfig) -> dict:
         modes.remove("bf16")
         report["skipped"]["bf16"] = (f"bf16 matmul {peaks['bf16']:.1f} GFLOP/s vs fp32 {peaks['fp32']:.1f}: "
                                      "no native bf16 on this CPU (force_bf16=true times it anyway)")
+    unknown = [m for m in bench.models if m not in REFERENCE_STEPS]
+    if unknown:
+        raise ValueError(f"benchmark models: unknown {unknown}; choose from {sorted(REFERENCE_STEPS)}")
+    reference = load_reference(bench.get("reference"), list(bench.models))
     for model_name in bench.models:
-        if model_name not in REFERENCE:
-            raise ValueError(f"benchmark models: unknown {model_name!r}; choose from {sorted(REFERENCE)}")
         loops = [call(run_reference_loop, bench, device, model_name)]
         results: list[dict] = []
         for mode in modes:
@@ -516,18 +586,32 @@ def run(bench: DictConfig) -> dict:
             results.append(call(run_mode, bench, device, model_name, mode, setting, first, first and bench.profile))
         loops.append(call(run_reference_loop, bench, device, model_name))
         flops = results[0]["flops_per_iteration"]
-        summary = summarise(model_name, results, report["matmul_peak_gflops"], flops, loops)
+        summary = summarise(model_name, results, report["matmul_peak_gflops"], flops, loops,
+                            reference["figures"].get(model_name), reference["targets"])
         summary["data_wait"] = call(data_wait, bench, model_name)
         best_step = min(r["s_per_iteration"] for r in results)
         summary["data_wait"]["fraction_of_step"] = summary["data_wait"]["s_per_batch"] / best_step
+        summary["recipe_projection"] = recipe_projection(bench, model_name, results)
         report["models"][model_name] = summary
     return report
+
+
+def recipe_projection(bench: DictConfig, model_name: str, results: list[dict]) -> dict | None:
+    """Minutes of the paper's full recipe at the fastest mode's s/iteration with data (batch 1 recipes)."""
+    iterations = (bench.get("recipe_iterations") or {}).get(model_name)
+    timed = [r for r in results if r.get("s_per_iteration_with_data")]
+    if not iterations or not timed:
+        return None
+    fastest = min(timed, key=lambda r: r["s_per_iteration_with_data"])
+    iterations = math.ceil(iterations / bench.batch_size)
+    return {"mode": fastest["mode"], "iterations": iterations,
+            "minutes": iterations * fastest["s_per_iteration_with_data"] / 60}
 
 
 def where_time_goes(report: dict) -> str:
     lines = []
     for model_name, summary in report["models"].items():
-        missed = [name for name, t in summary["targets"].items() if not (t["passed"] and t["loop_passed"])]
+        missed = [name for name, t in summary["targets"].items() if not (t.get("passed", True) and t["loop_passed"])]
         if not missed:
             continue
         fp32 = summary["modes"][0]
@@ -543,6 +627,7 @@ def where_time_goes(report: dict) -> str:
 
 @hydra.main(config_path=CONF_DIR, config_name="benchmark", version_base="1.3")
 def main(bench: DictConfig) -> None:
+    silence_known_warnings()
     report = run(bench)
     device_kind = "cuda" if report["environment"]["device"].startswith("cuda") else "cpu"
     output = Path(bench.output or f"benchmarks/results/{device_kind}.json")

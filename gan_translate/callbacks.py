@@ -1,4 +1,5 @@
-"""Lightning callbacks of our own: sample grids written as PNG and sent to image-capable loggers."""
+"""Lightning callbacks of our own: sample grids written as PNG and sent to image-capable loggers, validation
+history, a progress bar with short loss names, and a model summary without the FLOPs column."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks import ModelSummary, RichProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
@@ -95,7 +96,9 @@ class ValidationHistory(pl.Callback):
                 for key, value in callback_metrics.items() if key.startswith(HISTORY_PREFIX)
             }
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before the model's, where
+    # the metric collection logs val/psnr, val/fid ...
+    def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             self.epochs.append({"epoch": trainer.current_epoch, **metrics})
@@ -104,6 +107,12 @@ class ValidationHistory(pl.Callback):
         if not self.epochs:
             return list(self.carried.get(metric, []))
         return [epoch[metric] for epoch in self.epochs if metric in epoch]
+
+    def names(self) -> list[str]:
+        """Every metric with a history, e.g. val/l1, val/psnr."""
+        if not self.epochs:
+            return sorted(self.carried)
+        return sorted({key for epoch in self.epochs for key in epoch if key != "epoch"})
 
     def summary(self, metric: str) -> str | None:
         values = self.values(metric)
@@ -123,3 +132,32 @@ class LossProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return {name.removeprefix("train/").removeprefix("loss_"): value for name, value in metrics.items()}
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary (name, type, parameters, mode per network) without its FLOPs column.
+
+    Lightning counts FLOPs only by running ``example_input_array``, which a GAN (several networks taking
+    different inputs) does not have, so it printed "FLOPs 0" for every network and "Total FLOPs: 0".
+    """
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  total_flops=0, **kwargs) -> None:
+        from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style="bold magenta")
+        for name, _ in columns:
+            table.add_column(name, justify="right" if name == "Params" else "left")
+        for row in zip(*(values for _, values in columns), strict=True):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        console.print(
+            f"Trainable params: {get_human_readable_count(int(trainable_parameters))}, "
+            f"non-trainable: {get_human_readable_count(int(total_parameters - trainable_parameters))}, "
+            f"size {model_size:.1f} MB"
+        )

@@ -7,6 +7,8 @@ flag has to be repeated (the reference repo's most frequent user error).
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -38,6 +40,15 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         # mmap: tensors are read on first use, so reading only the config (e.g. on resume) stays cheap.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if not found:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
+        # torch's own message suggests weights_only=False, i.e. running the file's code: not done here.
+        raise CheckpointError(
+            f"{path} holds a pickled Python object ({found.group(1)}), which is refused: loading it could run "
+            "arbitrary code. gan_translate checkpoints hold only tensors and plain values (weights_only=True)"
+        ) from error
     except Exception as error:  # unpickling errors come in many types
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:

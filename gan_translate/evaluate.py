@@ -25,10 +25,11 @@ from torchvision.utils import save_image
 
 from gan_translate.callbacks import sample_grid
 from gan_translate.checkpoint import model_from_checkpoint
+from gan_translate.config import CONF_DIR
+from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics import build_metrics, evaluate_folders
 from gan_translate.translator import Translator
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -130,6 +131,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     evaluate(cfg)
 
 

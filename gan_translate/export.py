@@ -26,9 +26,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from gan_translate.config import CONF_DIR
+from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.translator import Translator
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def export_generator(
         generator = with_batch_statistics(generator)
     divisor = translator.size_divisor
     size = example_size or translator.train_size or divisor
-    size = max(divisor, -(-size // divisor) * divisor)  # the next multiple the generator can take
+    size = translator.size_rule.at_least(size)  # the next size the generator can take
     # Two images: a batch of one lets tracing treat the batch size as a constant.
     example = torch.zeros(2, translator.input_nc, size, size).uniform_(-1, 1)
     metadata = {
@@ -152,6 +153,7 @@ def export_torchscript(generator: nn.Module, example: torch.Tensor, output: Path
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> Path:
+    silence_known_warnings()
     return export_generator(
         cfg.ckpt_path,
         format=cfg.format,

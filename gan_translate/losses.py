@@ -2,7 +2,9 @@
 
 ``GANLoss`` reads raw discriminator scores for one of four objectives; ``gradient_penalty`` is the
 WGAN-GP term (Gulrajani et al. 2017), which ``wgangp`` actually applies, unlike the reference code.
-``Pix2PixLoss`` and ``CycleGANLoss`` hold the weights a config sweeps (``loss.lambda_l1`` ...).
+These are the terms methods share; the weights of one method's objective (``loss.lambda_l1`` ...) live
+with that method, in its model module (``Pix2PixLoss`` in models/pix2pix.py, ``CycleGANLoss`` in
+models/cyclegan.py).
 """
 
 from __future__ import annotations
@@ -70,45 +72,6 @@ def gradient_penalty(
         (grads,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
         norms = grads.flatten(1).norm(2, dim=1)
         return ((norms - target_norm) ** 2).mean()
-
-
-class Pix2PixLoss(nn.Module):
-    """pix2pix objective: GAN + lambda_l1 * L1 (+ lambda_gp * GP when gan_mode is wgangp)."""
-
-    def __init__(self, gan_mode: str = "vanilla", lambda_l1: float = 100.0, lambda_gp: float = 10.0) -> None:
-        super().__init__()
-        self.gan = GANLoss(gan_mode)
-        self.lambda_l1 = lambda_l1
-        self.lambda_gp = lambda_gp
-
-    @property
-    def uses_gradient_penalty(self) -> bool:
-        return self.gan.gan_mode == "wgangp" and self.lambda_gp > 0
-
-
-class CycleGANLoss(nn.Module):
-    """CycleGAN objective: GAN + lambda_cycle * cycle L1 + lambda_identity * lambda_cycle * identity L1.
-
-    ``lambda_identity`` is a fraction of ``lambda_cycle``, as in the authors' code: 0.5 with
-    lambda_cycle 10 weighs the identity term by 5. Set it to 0 to turn the identity loss off.
-    """
-
-    def __init__(
-        self,
-        gan_mode: str = "lsgan",
-        lambda_cycle: float = 10.0,
-        lambda_identity: float = 0.5,
-        lambda_gp: float = 10.0,
-    ) -> None:
-        super().__init__()
-        self.gan = GANLoss(gan_mode)
-        self.lambda_cycle = lambda_cycle
-        self.lambda_identity = lambda_identity
-        self.lambda_gp = lambda_gp
-
-    @property
-    def uses_gradient_penalty(self) -> bool:
-        return self.gan.gan_mode == "wgangp" and self.lambda_gp > 0
 
 
 # ----- multi-scale discriminators and feature losses (pix2pixHD, Wang et al. 2018) -----

@@ -13,13 +13,15 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from PIL import Image
 
+from gan_translate.config import CONF_DIR
 from gan_translate.data.datasets import IMAGE_EXTENSIONS, list_images, read_image
+from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.translator import Translator
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,8 @@ def input_files(path: str | Path) -> list[Path]:
 def source_half(image: Image.Image, translator: Translator, pairs: str | bool) -> Image.Image:
     """The half of an A|B image that the model translates, or the image itself if it is not a pair."""
     data = translator.config.get("data", {})
-    trained_on_pairs = str(data.get("_target_", "")).endswith(("AlignedDataModule", "SyntheticFacadesDataModule"))
+    # The training datamodule says whether its images hold A and B side by side (``pairs_side_by_side``).
+    trained_on_pairs = bool(getattr(get_class(data["_target_"]), "pairs_side_by_side", False)) if data else False
     is_pair = pairs is True or (pairs == "auto" and trained_on_pairs and image.width == 2 * image.height)
     if not is_pair:
         return image
@@ -70,6 +73,7 @@ def predict(cfg: DictConfig) -> list[Path]:
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    silence_known_warnings()
     predict(cfg)
 
 

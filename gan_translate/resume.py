@@ -149,6 +149,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             pass
 
 
+# ----- last.ckpt -----
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` after every epoch, whatever is or is not monitored.
+
+    A class of its own (not a plain ModelCheckpoint entry) so that Lightning keeps its state apart from a
+    periodic ModelCheckpoint with the same settings (it keys callback states by class and settings).
+    """
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=every_n_epochs,
+                         enable_version_counter=False)
+
+
 # ----- mid-epoch checkpoints -----
 class IntervalCheckpoint(ModelCheckpoint):
     """Refreshes ``last.ckpt`` every ``every_n_train_steps`` optimizer steps and/or every ``every_n_minutes``

@@ -7,21 +7,23 @@ Composes conf/train.yaml, builds datamodule, model, callbacks, loggers and Train
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import build_model, load_checkpoint
+from gan_translate.config import CONF_DIR
+from gan_translate.known_warnings import silence_known_warnings
+from gan_translate.metrics.translation import selection_metric
 from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.resume import AtomicCheckpointIO, RandomStateCheckpoint, config_changes, resume_checkpoint
+from gan_translate.sizes import check_training_sizes
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -40,12 +42,35 @@ def warn_on_config_changes(ckpt_path: str, run_config: dict) -> None:
         )
 
 
+def choose_monitor(cfg: DictConfig) -> str | None:
+    """Resolve ``monitor.metric=auto`` in ``cfg`` (see conf/train.yaml); returns the metric, or None when no
+    metric fit for picking checkpoints is available (then only last.ckpt and periodic checkpoints are kept)."""
+    if cfg.monitor.metric != "auto":
+        return cfg.monitor.metric
+    paired = bool(getattr(get_class(cfg.model._target_), "paired", True))
+    metric = selection_metric((cfg.get("metrics") or {}).get("collection"), paired)
+    with open_dict(cfg):
+        cfg.monitor.metric = metric
+        cfg.monitor.mode = "min"
+        if metric is None and "best_checkpoint" in (cfg.get("callbacks") or {}):
+            cfg.callbacks.best_checkpoint = None
+    if metric is None:
+        log.warning(
+            "no best checkpoint: no FID or LPIPS weights were found (python -m gan_translate.weights fetch fid), "
+            "and pixel losses such as val/l1 reward blurry outputs, so only last.ckpt and the periodic "
+            "checkpoints are kept. Set monitor.metric=... to select by another metric."
+        )
+    return metric
+
+
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> float | None:
     """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    metric = choose_monitor(cfg)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    check_training_sizes(model, datamodule)  # before the Trainer: a size no network takes fails here, naming keys
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"))
     if ckpt_path:
         warn_on_config_changes(ckpt_path, model.run_config)
@@ -63,22 +88,23 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     history.restore(trainer.callback_metrics)  # ddp_spawn: the history lived in the worker processes
-    metric = cfg.monitor.metric
     if trainer.is_global_zero:
-        summary = history.summary(metric)
-        if summary:
-            log.info(summary)
+        for name in [metric] if metric else history.names():
+            summary = history.summary(name)
+            if summary:
+                log.info(summary)
         log.info("run folder: %s", cfg.paths.output_dir)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             # Lightning reuses an unfinished W&B run: the next job of a sweep would log into this one.
             logger.experiment.finish()
-    value = trainer.callback_metrics.get(metric)
+    value = trainer.callback_metrics.get(metric) if metric else None
     return None if value is None else float(value)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    silence_known_warnings()
     return train(cfg)
 
 

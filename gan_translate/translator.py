@@ -7,10 +7,12 @@ Test-time behaviour is explicit (the reference's exports and test script differ 
   ``batch_stats=True`` uses each input batch's own statistics, as the reference's test script does
   (it never calls eval()), without changing the stored statistics. ``from_checkpoint`` defaults to the
   model's ``test_batch_stats`` (true in the facades paper setting, trained at batch size 1).
-- ``size_policy`` for sizes the generator cannot take as they are (U-Net 256 needs multiples of 256):
-  ``pad`` reflect-pads to the next multiple and crops back (keeps the pixel scale, default);
-  ``resize`` resizes to the nearest multiple and back; ``train_size`` resizes to the training
-  crop size and back (the scale the model saw in training).
+- ``size_policy`` for sizes the generator cannot take as they are (U-Net 256 needs multiples of 256, the
+  ResNet multiples of 4 and at least 8; see ``gan_translate.sizes``): ``pad`` reflect-pads (replicates, when
+  the pad is as large as the image) to the next valid size and crops back (keeps the pixel scale, default);
+  ``resize`` resizes to the nearest valid size (the larger one on a tie) and back; ``train_size`` resizes to
+  the square training size and back (the scale the model saw in training; only for runs whose training
+  images all had one size). Any size down to 1x1 works with every policy.
 - ``compile=True`` compiles the generator with inductor's *freezing* (weights become constants: conv and
   batch norm are folded and weights pre-packed for oneDNN): ~1.7x faster on a 2-core CPU for unet_256 at
   256 px. The first call per input shape compiles (tens of seconds); worth it for folders, not one image.
@@ -31,6 +33,7 @@ from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.data.datasets import convert
 from gan_translate.data.transforms import to_unit_range
 from gan_translate.networks.layers import use_batch_statistics
+from gan_translate.sizes import SizeRule, train_size_from_config
 
 SIZE_POLICIES = ("pad", "resize", "train_size")
 
@@ -69,6 +72,7 @@ class Translator:
         input_nc: int = 3,
         size_divisor: int | None = None,
         train_size: int | None = None,
+        min_size: int | None = None,
         device: str | torch.device = "auto",
         precision: str = "32",
         dropout: bool = False,
@@ -79,6 +83,12 @@ class Translator:
     ) -> None:
         if size_policy not in SIZE_POLICIES:
             raise ValueError(f"size_policy must be one of {SIZE_POLICIES}, got {size_policy!r}")
+        if size_policy == "train_size" and not train_size:
+            raise ValueError(
+                "size_policy=train_size needs the training image size, which this model's run does not fix "
+                "(data.preprocess=none or scale_width on files: the sizes varied); use size_policy=pad or "
+                "size_policy=resize, or give train_size"
+            )
         if precision not in ("32", "bf16", "16"):
             raise ValueError(f"precision must be '32', 'bf16' or '16', got {precision!r}")
         self.device = _resolve_device(device)
@@ -87,6 +97,8 @@ class Translator:
             self.generator = FrozenCompiled(self.generator)
         self.input_nc = input_nc
         self.size_divisor = size_divisor or getattr(generator, "size_divisor", 1)
+        self.min_size = min_size or getattr(generator, "min_size", 1)
+        self.size_rule = SizeRule(self.size_divisor, self.min_size)
         self.train_size = train_size
         self.size_policy = size_policy
         self.dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
@@ -117,7 +129,7 @@ class Translator:
         return cls(
             generator,
             input_nc=model.source_channels(direction),
-            train_size=data.get("crop_size") if data.get("preprocess", "none") != "none" else data.get("size"),
+            train_size=train_size_from_config(data),
             config=config,
             batch_stats=model.test_batch_stats if batch_stats is None else batch_stats,
             **kwargs,
@@ -137,6 +149,8 @@ class Translator:
         if batch.size(1) != self.input_nc:
             raise ValueError(f"the model takes {self.input_nc}-channel images, got {batch.size(1)} channels")
         height, width = batch.shape[-2:]
+        if batch.numel() == 0:
+            raise ValueError(f"cannot translate an empty batch of shape {tuple(batch.shape)}")
         batch, restore = self._fit_size(batch)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             output = self.generator(batch)
@@ -146,19 +160,19 @@ class Translator:
 
     def _fit_size(self, batch: torch.Tensor):
         height, width = batch.shape[-2:]
-        d = self.size_divisor
+        rule = self.size_rule
         if self.size_policy == "pad":
-            pad_h, pad_w = -height % d, -width % d
+            pad_h, pad_w = rule.at_least(height) - height, rule.at_least(width) - width
             if not pad_h and not pad_w:
                 return batch, lambda out: out
             # Reflection needs the pad to be smaller than the image; replicate covers tiny inputs.
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             padded = F.pad(batch, (0, pad_w, 0, pad_h), mode=mode)
             return padded, lambda out: out[..., :height, :width]
-        if self.size_policy == "train_size" and self.train_size:
-            size = [self.train_size, self.train_size]
+        if self.size_policy == "train_size":
+            size = [rule.nearest(self.train_size)] * 2
         else:
-            size = [max(d, round(height / d) * d), max(d, round(width / d) * d)]
+            size = [rule.nearest(height), rule.nearest(width)]
         if size == [height, width]:
             return batch, lambda out: out
         resized = TF.resize(batch, size, antialias=True)

@@ -7,8 +7,8 @@ Stages (default all): ``train`` runs `python -m gan_translate.train experiment=f
 ``translate`` writes the val outputs and their targets (the val photos after the eval transform) as PNGs;
 ``score`` runs the metrics on those folders (gan_translate.metrics.evaluate_folders) and writes
 ``<out>/quality.json`` and a sample grid. Stages can run on different machines (e.g. train/translate on
-a GPU, score where the FID weights are). FID/KID need the Inception file (metrics.fid_weights or
-$GAN_TRANSLATE_FID_WEIGHTS, see ../shared/tools/fetch_fid_inception.sh); without it only the pixel metrics run.
+a GPU, score where the FID weights are). FID/KID need the Inception file (`python -m gan_translate.weights fetch
+fid` caches it; or metrics.fid_weights / $GAN_TRANSLATE_FID_WEIGHTS); without it only the pixel metrics run.
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ def translate(args) -> None:
 def score(args) -> None:
     from gan_translate.callbacks import sample_grid
     from gan_translate.metrics import TranslationMetrics, evaluate_folders, load_image
+    from gan_translate.weights import find_weights
 
-    has_fid = bool(args.fid_weights or os.environ.get("GAN_TRANSLATE_FID_WEIGHTS"))
-    has_lpips = bool(args.lpips_weights or os.environ.get("GAN_TRANSLATE_LPIPS_WEIGHTS"))
+    # Weights named explicitly, by the env variables, or in the weights cache (`python -m gan_translate.weights`).
+    has_fid = bool(args.fid_weights or os.environ.get("GAN_TRANSLATE_FID_WEIGHTS") or find_weights("fid"))
+    has_lpips = bool(args.lpips_weights or os.environ.get("GAN_TRANSLATE_LPIPS_WEIGHTS") or find_weights("lpips-alex"))
     metrics = TranslationMetrics(
         paired=True, lpips=has_lpips, fid=has_fid, kid=has_fid, fid_weights=args.fid_weights,
         lpips_weights=args.lpips_weights,

@@ -29,7 +29,7 @@ TINY = [
 def compose_train(output_dir: Path, overrides: list[str] = ()):
     """conf/train.yaml with the tiny settings; ``paths.output_dir`` replaces Hydra's run folder."""
     # pix2pix: a U-Net with 5 halvings takes 32 px; CycleGAN: a ResNet generator with one block.
-    generator = ["generator.n_blocks=1"] if "model=cyclegan" in overrides else ["generator.num_downs=5"]
+    generator = ["generator.n_blocks=1"] if "experiment=shapes_cyclegan" in overrides else ["generator.num_downs=5"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
             config_name="train", overrides=[*TINY, *generator, f"paths.output_dir={output_dir}", *overrides]

@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,15 @@ CONF_DIR = REPO_ROOT / "conf"
 # user runs `python -m gan_translate.train` there.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+# Hermetic runs: weights cached on this machine must not switch FID/LPIPS on ("auto") or change which
+# checkpoint is selected. Tests that need weights pass them explicitly. Set before anything reads them, so
+# subprocesses inherit it too.
+_EMPTY_CACHE = tempfile.mkdtemp(prefix="gan_translate_test_cache_")
+os.environ["GAN_TRANSLATE_CACHE"] = _EMPTY_CACHE
+os.environ["TORCH_HOME"] = _EMPTY_CACHE
+for _name in ("GAN_TRANSLATE_FID_WEIGHTS", "GAN_TRANSLATE_LPIPS_WEIGHTS"):
+    os.environ.pop(_name, None)
 
 # Makes any run seconds long on a CPU: tiny widths, 8 training images of 32 px (a 5-level U-Net), one epoch, no workers,
 # no rich progress bar, CSV logging only.
@@ -49,7 +59,7 @@ TINY_OVERRIDES = [
 ]
 # CycleGAN: the 6-block ResNet is enough to test the wiring.
 TINY_CYCLEGAN_OVERRIDES = [
-    "model=cyclegan",
+    "experiment=shapes_cyclegan",
     "generator=resnet_6blocks",
     *(o for o in TINY_OVERRIDES if not o.startswith("generator.num_downs")),
 ]

@@ -71,7 +71,7 @@ def test_odd_width_pair_is_rejected(tmp_path):
 
 def test_image_modes_are_converted_and_16_bit_is_scaled():
     assert convert(Image.new("L", (4, 4), 7), 3).mode == "RGB"
-    assert convert(Image.new("RGBA", (4, 4), (10, 20, 30, 0)), 3).getpixel((0, 0)) == (10, 20, 30)
+    assert convert(Image.new("RGBA", (4, 4), (10, 20, 30, 0)), 3).getpixel((0, 0)) == (255, 255, 255)  # on white
     palette = Image.new("P", (4, 4))
     palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
     palette.putpixel((0, 0), 1)

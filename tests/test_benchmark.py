@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import compose_train, write_aligned
 from hydra.utils import instantiate
 from tiny_runs import tiny_config
 
-from gan_translate.benchmark import REFERENCE_STEPS
+from gan_translate.benchmark import REFERENCE_STEPS, load_reference, run
 from gan_translate.checkpoint import build_model
 from gan_translate.models.image_pool import ImagePool
 
@@ -29,8 +30,18 @@ def run_benchmark(tmp_path: Path, *overrides: str) -> dict:
     command = [sys.executable, "-m", "gan_translate.benchmark", *TINY, f"output={output}", *overrides]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "target best_throughput" in result.stdout  # the printed table
-    return json.loads(output.read_text())
+    report = json.loads(output.read_text())
+    if report["settings"]["reference"]:
+        assert "target best_throughput" in result.stdout  # the printed table
+    return report
+
+
+def check_loop_only_report(report: dict) -> None:
+    """Without reference=FILE: ratios to the loop measured in the run only, no figures, no targets."""
+    for summary in report["models"].values():
+        assert summary["reference"] is None and summary["targets"] == {}
+        for r in summary["modes"]:
+            assert r["loop_throughput_ratio"] > 0 and "throughput_ratio" not in r
 
 
 def check_report(report: dict, models: list[str], modes: list[str]) -> None:
@@ -61,15 +72,27 @@ def check_report(report: dict, models: list[str], modes: list[str]) -> None:
 
 def test_benchmark_smoke(tmp_path):
     modes = ["fp32", "bf16", "channels_last", "best"]
-    report = run_benchmark(tmp_path, "models=[pix2pix,cyclegan]", f"modes=[{','.join(modes)}]", "isolate=false")
+    report = run_benchmark(tmp_path, "models=[pix2pix,cyclegan]", f"modes=[{','.join(modes)}]", "isolate=false",
+                           f"reference={ROOT / 'benchmarks' / 'reference_cpu.yaml'}")
     check_report(report, ["pix2pix", "cyclegan"], modes)
+
+
+def test_reference_file_is_checked(tmp_path):
+    bad = tmp_path / "ref.yaml"
+    bad.write_text("figures: {pix2pix: {s_per_iteration: 1.0}}\ntargets: {speed: 2}\n")
+    with pytest.raises(ValueError, match=r"figures.pix2pix lacks \['generator_forward_s', 'peak_rss_gb'\]"):
+        load_reference(str(bad), ["pix2pix"])
+    with pytest.raises(FileNotFoundError, match="reference=nowhere.yaml"):
+        load_reference("nowhere.yaml", ["pix2pix"])
+    assert load_reference(None, ["pix2pix"]) == {"figures": {}, "targets": {}}
 
 
 @pytest.mark.slow
 def test_benchmark_all_modes_with_compile(tmp_path):
     modes = ["fp32", "bf16", "channels_last", "compile", "best"]
     report = run_benchmark(tmp_path, "models=[pix2pix]", "profile=true")
-    check_report(report, ["pix2pix"], modes)
+    check_loop_only_report(report)
+    assert [r["mode"] for r in report["models"]["pix2pix"]["modes"]] == modes
     assert report["models"]["pix2pix"]["modes"][0]["profile"]  # the torch.profiler table of one step
 
 
@@ -113,3 +136,19 @@ def test_reference_loop_is_the_same_iteration_as_the_lightning_step(tmp_path, me
     replayed_buffers = dict(replay.named_buffers())
     for name, buffer in model.named_buffers():  # batch-norm running statistics too
         torch.testing.assert_close(replayed_buffers[name], buffer, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_benchmark_device_cache_on_real_files(tmp_path):
+    """modes=[fp32,device_cache] on real files (data_root per model): both modes train on them, report the time
+    per iteration with the data, and the full-recipe projection uses it. In-process (cheaper than the CLI)."""
+    root = write_aligned(tmp_path / "facades", splits=("train",), count=4)
+    bench = compose_train([*TINY, "models=[pix2pix]", "modes=[fp32,device_cache]", "isolate=false",
+                           f"data_root={{pix2pix:{root}}}", "recipe_iterations.pix2pix=100"], config_name="benchmark")
+    summary = run(bench)["models"]["pix2pix"]
+    assert [(r["mode"], r["device_cache"]) for r in summary["modes"]] == [("fp32", False), ("device_cache", True)]
+    for r in summary["modes"]:
+        assert r["s_per_iteration_with_data"] > 0 and len(r["step_with_data_times_s"]) == 1
+    assert summary["data_wait"]["source"] == str(root)
+    projection = summary["recipe_projection"]
+    fastest = min(r["s_per_iteration_with_data"] for r in summary["modes"])
+    assert projection["iterations"] == 100 and math.isclose(projection["minutes"], 100 * fastest / 60)

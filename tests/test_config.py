@@ -15,7 +15,7 @@ from conftest import (
     write_aligned,
     write_unaligned,
 )
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -46,10 +46,36 @@ def test_every_group_is_known():
     assert on_disk == set(DEFAULT_GROUPS) | set(OPTIONAL_GROUPS)
 
 
+def experiment_defaults(name: str) -> dict[str, str]:
+    """group -> option that conf/experiment/<name>.yaml overrides."""
+    defaults = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").get("defaults", [])
+    # (a plain name entry includes another experiment, e.g. facades_pix2pixhd_local includes facades_pix2pixhd)
+    return {k.split("/")[-1]: v for entry in defaults if not isinstance(entry, str) for k, v in entry.items()}
+
+
+def embedded_experiment_for(group: str, option: str) -> str | None:
+    """An experiment on embedded data (no files) that selects ``group=option``; None if the default one does."""
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        chosen = experiment_defaults(path.stem)
+        if chosen.get(group) == option and chosen.get("data", "synthetic").startswith("synthetic"):
+            return path.stem
+    return None
+
+
+MODEL_GROUPS = ("generator", "discriminator", "loss", "optim", "scheduler", "model", "experiment")
+
+
 @pytest.mark.parametrize(("group", "option"), list(group_options()), ids=lambda v: str(v))
 def test_every_option_composes(group, option, tmp_path):
+    if (group, option) == ("model", "common"):
+        pytest.skip("conf/model/common.yaml holds the keys every model shares; it is no model of its own")
     prefix = "+" if group in OPTIONAL_GROUPS else ""
     overrides = [f"{prefix}{group}={option}", *TINY_WIDTHS]
+    # Options of another method (a CycleGAN loss, a DCGAN generator ...) are composed in the embedded-data
+    # experiment that uses them; the others in the default one (experiment=demo, pix2pix).
+    experiment = embedded_experiment_for(group, option) if group != "experiment" else None
+    if experiment:
+        overrides.insert(0, f"experiment={experiment}")
     if group in ("data", "experiment") and option in (
         "aligned", "paired_folders", "facades_pix2pix", "facades_pix2pixhd", "facades_pix2pixhd_local"
     ):
@@ -66,12 +92,26 @@ def test_every_option_composes(group, option, tmp_path):
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
     # Every model-facing option must still build a model.
-    if group in ("generator", "discriminator", "loss", "optim", "scheduler", "model", "experiment"):
+    if group in MODEL_GROUPS:
         model = build_model(cfg)
         assert isinstance(model, GANModule)
         model.configure_optimizers()
     if group == "data" and option != "paired_folders":
         assert instantiate(cfg.data).batch_size >= 1
+
+
+def test_model_without_its_loss_fails_naming_the_keys(tmp_path):
+    cfg = compose_train(["model=cyclegan", *TINY_WIDTHS], tmp_path)  # keeps the default loss=pix2pix
+    with pytest.raises(InstantiationException, match=r"model=cyclegan needs .*loss=cyclegan.*experiment=shapes_cyclegan"):
+        build_model(cfg)
+
+
+def test_model_configs_stay_in_their_group():
+    # A model config holds the model only: data, networks and losses are chosen by experiments.
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        text = path.read_text()
+        assert "@package" not in text, path
+        assert not any(line.strip().startswith("- override") for line in text.splitlines()), path
 
 
 def test_experiment_facades_pix2pix(tmp_path):
@@ -101,7 +141,7 @@ def test_experiment_horse2zebra_cyclegan(tmp_path):
     cfg = compose_train(["experiment=horse2zebra_cyclegan", f"data.root={root}", *TINY_WIDTHS], tmp_path)
     assert cfg.loss.gan_mode == "lsgan" and cfg.loss.lambda_cycle == 10 and cfg.loss.lambda_identity == 0.5
     assert cfg.model.pool_size == 50 and cfg.discriminator.norm == "instance"
-    assert cfg.generator.n_blocks == 9 and cfg.monitor.metric == "val/cycle_l1"
+    assert cfg.generator.n_blocks == 9 and cfg.monitor.metric == "auto"
     assert isinstance(instantiate(cfg.data), UnalignedDataModule)
     model = build_model(cfg)
     assert isinstance(model, CycleGAN) and isinstance(model.generator_A, ResnetGenerator)
@@ -109,11 +149,11 @@ def test_experiment_horse2zebra_cyclegan(tmp_path):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
-def test_model_cyclegan_switches_defaults_but_command_line_wins(tmp_path):
-    cfg = compose_train(["model=cyclegan"], tmp_path)
+def test_experiment_switches_defaults_but_command_line_wins(tmp_path):
+    cfg = compose_train(["experiment=shapes_cyclegan"], tmp_path)
     assert cfg.generator.n_blocks == 9 and cfg.loss.lambda_cycle == 10
     assert cfg.data._target_.endswith("SyntheticShapesDataModule")
-    cfg = compose_train(["model=cyclegan", "generator=unet_64", "discriminator=pixel"], tmp_path)
+    cfg = compose_train(["experiment=shapes_cyclegan", "generator=unet_64", "discriminator=pixel"], tmp_path)
     assert cfg.generator.num_downs == 6 and cfg.discriminator._target_.endswith("PixelDiscriminator")
 
 

@@ -53,7 +53,8 @@ def test_every_loss_term_logged(cyclegan_run):
     for key in LOSS_KEYS:
         values = logged(rows, f"train/{key}")
         assert len(values) == BATCHES and all(math.isfinite(v) for v in values), key
-    assert metric == pytest.approx(logged(rows, "val/cycle_l1")[-1])
+    assert all(math.isfinite(v) for v in logged(rows, "val/cycle_l1"))
+    assert metric is None  # no FID weights in tests: monitor=auto selects nothing (cycle L1 rewards blur too)
 
 
 def test_pools_saved_and_restored(cyclegan_run):
@@ -167,7 +168,7 @@ def test_pix2pix_networks_and_no_pool_by_config(tmp_path):
 def test_cyclegan_on_unaligned_folders_without_validation(tmp_path):
     root = write_unaligned(tmp_path / "h2z", count_a=3, count_b=4, size=40)
     run_dir = tmp_path / "run"
-    cfg = compose_train(["model=cyclegan", "data=unaligned", *on_disk(TINY_CYCLEGAN_OVERRIDES), f"data.root={root}",
+    cfg = compose_train(["experiment=shapes_cyclegan", "data=unaligned", *on_disk(TINY_CYCLEGAN_OVERRIDES), f"data.root={root}",
                          "data.batch_size=2"], run_dir)
     assert train(cfg) is None  # nothing to validate on: no val/test folders
     rows = read_metrics(run_dir)

@@ -43,10 +43,14 @@ class RankProbe(pl.Callback):
         )
 
 
+# A monitored metric, so that train() returns it from the spawned processes.
+MONITOR = {"pix2pix": ["monitor.metric=val/psnr", "monitor.mode=max"], "cyclegan": ["monitor.metric=val/cycle_l1"]}
+
+
 def ddp_train(model: str, tmp_path: Path, *overrides: str) -> tuple[float | None, list[dict]]:
     probe_dir = tmp_path / "probe"
     cfg = tiny_config(
-        model, tmp_path / "run", "trainer=ddp_cpu", "trainer.max_epochs=2", "logger=csv",
+        model, tmp_path / "run", "trainer=ddp_cpu", "trainer.max_epochs=2", "logger=csv", *MONITOR[model],
         "+callbacks.probe._target_=test_ddp.RankProbe", f"+callbacks.probe.out_dir={probe_dir}", *overrides,
     )
     value = train(cfg)

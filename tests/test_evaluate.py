@@ -65,7 +65,7 @@ def test_metrics_logged_during_fit_and_best_checkpoint_tracks_fid(tmp_path):
 def test_cyclegan_metrics_are_unpaired(tmp_path):
     cfg = compose_train(
         tmp_path,
-        [*WITH_FID, "model=cyclegan", "generator=resnet_6blocks", "trainer.max_epochs=1", "data.train_length=4"],
+        [*WITH_FID, "experiment=shapes_cyclegan", "generator=resnet_6blocks", "trainer.max_epochs=1", "data.train_length=4"],
     )
     train(cfg)
     keys = {k for row in read_metrics_csv(tmp_path) for k, v in row.items() if v}
@@ -73,11 +73,18 @@ def test_cyclegan_metrics_are_unpaired(tmp_path):
     assert "val/psnr" not in keys and "val/ssim" not in keys  # no pixel-aligned target in CycleGAN
 
 
+def test_plateau_scheduler_without_a_monitored_metric_fails_before_training(tmp_path):
+    cfg = compose_train(tmp_path, ["scheduler=plateau", "metrics=none"])
+    with pytest.raises(ValueError, match="scheduler=plateau watches monitor.metric, which is unset"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_plateau_scheduler_watches_a_real_metric(tmp_path):
     cfg = compose_train(
         tmp_path,
         ["scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=10", "optim.lr=0.001",
-         "trainer.max_epochs=3", "metrics=none"],
+         "trainer.max_epochs=3", "metrics=none", "monitor.metric=val/l1"],
     )
     train(cfg)
     lrs = [float(r["lr-generator"]) for r in read_metrics_csv(tmp_path) if r.get("lr-generator")]

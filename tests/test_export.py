@@ -32,7 +32,7 @@ def pix2pix_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cyclegan_ckpt(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_cyclegan")
-    tiny_run(run_dir, ["model=cyclegan"])
+    tiny_run(run_dir, ["experiment=shapes_cyclegan"])
     return run_dir / "checkpoints" / "last.ckpt"
 
 

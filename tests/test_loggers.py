@@ -77,5 +77,5 @@ def test_wandb_runs_in_one_process_stay_separate(tmp_path, offline_wandb):
 
 def test_no_logger_run_trains(tmp_path):
     """logger=none with the default callbacks (LearningRateMonitor needs a logger: it is left out)."""
-    assert tiny_run(tmp_path, ["logger=none"]) is not None
+    assert tiny_run(tmp_path, ["logger=none", "monitor.metric=val/psnr", "monitor.mode=max"]) is not None
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "csv").exists()

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from gan_translate.losses import CycleGANLoss, GANLoss, Pix2PixLoss, gradient_penalty
+from gan_translate.losses import GANLoss, gradient_penalty
+from gan_translate.models.cyclegan import CycleGANLoss
+from gan_translate.models.pix2pix import Pix2PixLoss
 
 
 def test_vanilla_on_zero_logits_is_log2():

@@ -24,6 +24,7 @@ from gan_translate.metrics import (
     build_metrics,
     evaluate_folders,
 )
+from gan_translate.weights import cache_dir, find_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -45,6 +46,7 @@ def _images(n: int, size: int = 32, seed: int = 0, low: float = -1.0, high: floa
 @pytest.fixture
 def no_weights_env(monkeypatch, tmp_path):
     """No env variables and empty HOME / TORCH_HOME caches, so nothing can be found locally."""
+    monkeypatch.delenv("GAN_TRANSLATE_CACHE", raising=False)
     monkeypatch.delenv(FID_WEIGHTS_ENV, raising=False)
     monkeypatch.delenv(LPIPS_WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -252,11 +254,12 @@ def test_fid_weights_from_env_variable(monkeypatch, fake_fid_file):
     assert abs(m.compute()["kid_mean"]) < 1e-2
 
 
-def test_missing_fid_weights_error_names_key_env_and_script(no_weights_env):
+def test_missing_fid_weights_error_names_key_env_and_command(no_weights_env):
     with pytest.raises(MissingWeightsError) as err:
         TranslationMetrics(fid=True)
     msg = str(err.value)
-    assert "metrics.fid_weights" in msg and FID_WEIGHTS_ENV in msg and "fetch_fid_inception.sh" in msg
+    assert "metrics.fid_weights" in msg and FID_WEIGHTS_ENV in msg
+    assert "`python -m gan_translate.weights fetch fid`" in msg
     with pytest.raises(MissingWeightsError, match="fid_weights"):
         TranslationMetrics(kid=True)
 
@@ -272,7 +275,8 @@ def test_nonexistent_fid_weights_path_is_an_error_not_a_fallback(no_weights_env,
 def test_missing_lpips_weights_error(no_weights_env):
     with pytest.raises(MissingWeightsError) as err:
         TranslationMetrics(lpips=True)
-    assert "metrics.lpips_weights" in str(err.value) and "fetch_lpips_backbone.sh" in str(err.value)
+    assert "metrics.lpips_weights" in str(err.value)
+    assert "`python -m gan_translate.weights fetch lpips`" in str(err.value)
 
 
 def test_disabled_metrics_need_no_weights(no_weights_env):
@@ -536,11 +540,9 @@ def test_ddp_sync_matches_single_process():
 
 @pytest.mark.slow
 def test_real_fid_inception_weights():
-    path = os.environ.get(FID_WEIGHTS_ENV)
+    path = os.environ.get(FID_WEIGHTS_ENV) or find_weights("fid")
     if not path or not Path(path).is_file():
-        pytest.skip(
-            f"set {FID_WEIGHTS_ENV} to fid_inception_v3.pt (bash ../shared/tools/fetch_fid_inception.sh DIR)"
-        )
+        pytest.skip(f"no FID weights: `python -m gan_translate.weights fetch fid` (or set {FID_WEIGHTS_ENV})")
     ext = InceptionFeatureExtractor(path)
     x01 = (_images(4, size=64) + 1) / 2
     feats = ext(x01)
@@ -559,12 +561,10 @@ def test_real_fid_inception_weights():
 @pytest.mark.slow
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_real_lpips_backbone_weights(net):
-    folder = os.environ.get(LPIPS_WEIGHTS_ENV)
     fname = {"alex": "alexnet_features.pth", "vgg": "vgg16_features.pth"}[net]
-    if not folder or not (Path(folder) / fname).is_file():
-        pytest.skip(
-            f"set {LPIPS_WEIGHTS_ENV} to a folder with {fname} (../shared/tools/fetch_lpips_backbone.sh DIR)"
-        )
+    folder = os.environ.get(LPIPS_WEIGHTS_ENV) or cache_dir()
+    if not (Path(folder) / fname).is_file():
+        pytest.skip(f"no {fname}: `python -m gan_translate.weights fetch lpips` (or set {LPIPS_WEIGHTS_ENV})")
     m = TranslationMetrics(l1=False, psnr=False, ssim=False, lpips=True, lpips_net=net, lpips_weights=folder)
 
     def smooth(seed: int) -> torch.Tensor:  # natural-ish images: upsampled low-resolution colour fields

@@ -24,6 +24,7 @@ from gan_translate.losses import FeatureMatchingLoss, GANLoss, MultiscaleGANLoss
 from gan_translate.models.pix2pixhd import Pix2PixHD
 from gan_translate.networks.generators import ResnetBlock
 from gan_translate.networks.pix2pixhd import (
+    FeatureEncoder,
     GlobalGenerator,
     LocalEnhancer,
     MultiscaleDiscriminator,
@@ -33,6 +34,7 @@ from gan_translate.networks.pix2pixhd import (
     instance_average,
 )
 from gan_translate.predict import predict
+from gan_translate.sizes import SizeRule
 from gan_translate.train import CONF_DIR, train
 from gan_translate.translator import Translator
 
@@ -135,6 +137,32 @@ def test_yaml_defaults_are_the_papers():
     discriminator = build("discriminator", "multiscale", ndf=4)(input_nc=39)
     assert (discriminator.num_D, discriminator.n_layers, discriminator.min_size) == (2, 3, 47)
     assert build("discriminator", "multiscale", ndf=4, num_D=3)(input_nc=39).min_size == 93
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        GlobalGenerator(3, 3, ngf=2, n_downsample_global=2, n_blocks_global=1),
+        LocalEnhancer(3, 3, ngf=4, n_downsample_global=1, n_blocks_global=1, n_blocks_local=1),
+        FeatureEncoder(3, 3, ngf=2, n_downsampling=2),
+        *(MultiscaleDiscriminator(3, ndf=2, n_layers=n, num_D=k) for n in (1, 3) for k in (1, 2)),
+    ],
+    ids=lambda net: f"{type(net).__name__}{getattr(net, 'size_args', '')}",
+)
+def test_declared_sizes_are_exact(network):
+    """From 1 px up, a batch of one in train mode runs (and a generator keeps the size) exactly where
+    size_divisor/min_size say so: what the pre-training size check and predict rely on."""
+    network.train()
+    rule = SizeRule.of(network)
+    for side in range(1, rule.smallest + 2 * rule.divisor + 3):
+        try:
+            with torch.no_grad():
+                out = network(torch.randn(1, 3, side, side), torch.zeros(1, 1, side, side)) if isinstance(
+                    network, FeatureEncoder) else network(torch.randn(1, 3, side, side))
+            runs = all(s[-1].numel() > 0 for s in out) if isinstance(out, list) else out.shape[-2:] == (side, side)
+        except (RuntimeError, ValueError):
+            runs = False
+        assert runs == rule.accepts(side), side
 
 
 # ----- loss terms -----

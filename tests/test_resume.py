@@ -56,7 +56,7 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_cyclegan_resume_restores_image_pools_and_matches(tmp_path):
-    common = ["model=cyclegan", "generator=unet_64", "model.pool_size=6", "data.train_length=8",
+    common = ["experiment=shapes_cyclegan", "generator=unet_64", "model.pool_size=6", "data.train_length=8",
               "trainer.max_epochs=2"]
     full, split = tmp_path / "full", tmp_path / "split"
     train(compose_train(*common, f"paths.output_dir={full}"))

@@ -54,7 +54,7 @@ def test_skip_mode_drops_bad_steps_and_trains_on(tmp_path):
 
 def test_cyclegan_skip_mode_keeps_nonfinite_fakes_out_of_the_pools(tmp_path):
     with pytest.warns(UserWarning, match="skipped a step"):
-        fit(tmp_path, "model=cyclegan", "generator.n_blocks=2", "model.pool_size=16", "trainer.max_epochs=2",
+        fit(tmp_path, "experiment=shapes_cyclegan", "generator.n_blocks=2", "model.pool_size=16", "trainer.max_epochs=2",
             "model.nonfinite=skip")
     last = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
     assert not nonfinite_entries(last["state_dict"])

@@ -11,7 +11,7 @@ from gan_translate.train import CONF_DIR
 
 TINY = {
     "pix2pix": ["generator.num_downs=5"],
-    "cyclegan": ["model=cyclegan", "generator.n_blocks=2", "model.pool_size=4"],
+    "cyclegan": ["experiment=shapes_cyclegan", "generator.n_blocks=2", "model.pool_size=4"],
 }
 
 

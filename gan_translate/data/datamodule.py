@@ -1,7 +1,8 @@
 """LightningDataModules: one base that owns loaders and preprocessing, one subclass per data layout.
 
 Subclasses only say how to build a split's dataset (``make_dataset``); batch size, workers and the
-paired/unpaired preprocessing are shared. Validation uses ``val`` when it exists, else ``test``.
+paired/unpaired preprocessing are shared. Validation uses ``val`` when it exists, else ``test``, and
+says so (a warning), since metrics and checkpoint selection then see the test split.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 
 from gan_translate.data.datasets import (
     DIRECTIONS,
@@ -19,14 +23,18 @@ from gan_translate.data.datasets import (
     SkipBadImages,
     UnalignedDataset,
 )
+from gan_translate.data.device_cache import KEY as DEVICE_CACHE_KEY
+from gan_translate.data.device_cache import DeviceCache
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
-from gan_translate.data.transforms import build_transform
+from gan_translate.data.transforms import CROPPING_MODES, build_transform
 
 
 class TranslationDataModule(pl.LightningDataModule):
     """Shared loaders and preprocessing. ``input_nc``/``output_nc`` are read by the model config."""
 
     paired: bool = True
+    # Whether the images on disk hold A and B side by side (predict then splits such inputs).
+    pairs_side_by_side: bool = False
 
     def __init__(
         self,
@@ -43,6 +51,7 @@ class TranslationDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         drop_last: bool = False,
         on_bad_image: str = "raise",
+        device_cache: bool = False,
     ) -> None:
         super().__init__()
         if on_bad_image not in ("raise", "skip"):
@@ -55,6 +64,9 @@ class TranslationDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.drop_last = drop_last
+        # Training split decoded once and kept on the training device (gan_translate/data/device_cache.py).
+        self.device_cache = device_cache
+        self.train_cache: DeviceCache | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -62,6 +74,26 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def transform(self, train: bool):
         return build_transform(self.preprocess, self.load_size, self.crop_size, self.flip, train)
+
+    def source_image_size(self) -> tuple[int, int] | None:
+        """(H, W) of every image before preprocessing, when the config fixes it (synthetic data); None for
+        files, whose sizes only the files know."""
+        return None
+
+    def train_image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the training images as they reach the networks, from the config alone; None when it
+        depends on the files (``preprocess`` none or scale_width on files). Used to check sizes before training."""
+        if self.preprocess in CROPPING_MODES:  # every training image ends as a crop_size square
+            return self.crop_size, self.crop_size
+        source = self.source_image_size()
+        if source is None:
+            return None
+        # The real transform on a blank image: exactly what the loader will produce, without reading data
+        # (and without drawing from the seeded random stream that training uses).
+        blank = tv_tensors.Image(torch.zeros(self.input_nc, *source, dtype=torch.uint8))
+        with torch.random.fork_rng(devices=[]):
+            height, width = self.transform(train=True)(blank).shape[-2:]
+        return int(height), int(width)
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         """The dataset of ``split``, or None if that split does not exist."""
@@ -73,7 +105,15 @@ class TranslationDataModule(pl.LightningDataModule):
             if self.train_set is None:
                 raise DataError(f"{type(self).__name__}: no training split found")
         if stage in ("fit", "validate", None) and self.val_set is None:
-            self.val_set = self.make_dataset("val", train=False) or self.make_dataset("test", train=False)
+            self.val_set = self.make_dataset("val", train=False)
+            if self.val_set is None:
+                self.val_set = self.make_dataset("test", train=False)
+                if self.val_set is not None:
+                    rank_zero_warn(
+                        f"{type(self).__name__}: there is no val split, so validation uses the TEST split: val/* "
+                        "metrics, and any checkpoint selected by them, are measured on test data. Add a val "
+                        "split to keep the test split unseen."
+                    )
         if stage in ("test", None) and self.test_set is None:
             self.test_set = self.make_dataset("test", train=False)
         if self.on_bad_image == "skip":
@@ -81,6 +121,8 @@ class TranslationDataModule(pl.LightningDataModule):
                 SkipBadImages(ds) if ds is not None and not isinstance(ds, SkipBadImages) else ds
                 for ds in (self.train_set, self.val_set, self.test_set)
             )
+        if self.device_cache and self.train_set is not None and self.train_cache is None:
+            self.train_cache = DeviceCache.build(self)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if dataset is None:
@@ -96,7 +138,14 @@ class TranslationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self):
+        if self.train_cache is not None:
+            return self.train_cache.loader(self)
         return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        if self.train_cache is not None and isinstance(batch, dict) and DEVICE_CACHE_KEY in batch:
+            return self.train_cache.batch(batch, device)  # images cut on the device from the cache
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self):
         return self._loader(self.val_set, self.val_batch_size, shuffle=False)
@@ -117,6 +166,8 @@ def _require_root(root: str | Path | None) -> Path:
 class AlignedDataModule(TranslationDataModule):
     """pix2pix A|B images under ``root/train``, ``root/val``, ``root/test``."""
 
+    pairs_side_by_side = True
+
     def __init__(self, root: str, direction: str = "AtoB", square_halves: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         if direction not in DIRECTIONS:
@@ -134,6 +185,8 @@ class AlignedDataModule(TranslationDataModule):
 
 class PairedFoldersDataModule(AlignedDataModule):
     """Paired images in two folders ``root/{split}A`` and ``root/{split}B`` with matching file names."""
+
+    pairs_side_by_side = False
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         if not (self.root / f"{split}A").is_dir() and not (self.root / f"{split}B").is_dir():
@@ -170,6 +223,8 @@ class UnalignedDataModule(TranslationDataModule):
 class SyntheticFacadesDataModule(TranslationDataModule):
     """The embedded paired default: procedural label maps -> facade photos (no files needed)."""
 
+    pairs_side_by_side = True  # its samples, saved as A|B images, are read like the aligned layout
+
     def __init__(
         self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0,
         direction: str = "AtoB", **kwargs,
@@ -178,6 +233,9 @@ class SyntheticFacadesDataModule(TranslationDataModule):
         super().__init__(**kwargs)
         self.size, self.seed, self.direction = size, seed, direction
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
+
+    def source_image_size(self) -> tuple[int, int]:
+        return self.size, self.size
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         return SyntheticFacades(self.lengths[split], self.size, split, self.seed, self.direction, self.transform(train))
@@ -195,6 +253,9 @@ class SyntheticShapesDataModule(TranslationDataModule):
         super().__init__(**kwargs)
         self.size, self.seed = size, seed
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
+
+    def source_image_size(self) -> tuple[int, int]:
+        return self.size, self.size
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         transform = self.transform(train)

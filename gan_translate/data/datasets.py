@@ -11,16 +11,14 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+# The one image reader (gan_translate.data.images); re-exported here, where predict and the tools import it.
+from gan_translate.data.images import DataError, convert, image_mode, image_size, read_image  # noqa: F401
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIRECTIONS = ("AtoB", "BtoA")
-
-
-class DataError(ValueError):
-    """Bad data on disk: names the file or folder and what was expected."""
 
 
 def list_images(folder: str | Path, what: str = "images") -> list[Path]:
@@ -54,32 +52,6 @@ def index_by_stem(files: Iterable[Path], what: str = "images") -> dict[str, Path
     if clashes:
         raise DataError(f"{what}: several files share a name (stem): {', '.join(clashes)}")
     return by_stem
-
-
-def image_mode(channels: int) -> str:
-    if channels not in (1, 3):
-        raise DataError(f"input_nc/output_nc must be 1 (grayscale) or 3 (RGB), got {channels}")
-    return "L" if channels == 1 else "RGB"
-
-
-def read_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, naming the file when it is corrupt or truncated."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise DataError(f"cannot read image {path}: {error}") from error
-
-
-def convert(image: Image.Image, channels: int) -> Image.Image:
-    """Bring grayscale, RGBA, palette and 16-bit images to the configured channel count."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit: scale to 8 bits instead of clipping (PIL's convert("L") clips at 255).
-        image = image.point(lambda value: value / 256).convert("L")
-    if image.mode in ("RGBA", "LA", "P", "PA"):
-        image = image.convert("RGBA").convert("RGB") if channels == 3 else image.convert("L")
-    return image.convert(image_mode(channels))
 
 
 def transformed(transform: Callable | None, path: Path, *images):
@@ -142,11 +114,7 @@ class AlignedDataset(Dataset):
         self.input_nc, self.output_nc = input_nc, output_nc
         self.transform = transform
         for path in self.files:
-            try:
-                with Image.open(path) as image:
-                    width, height = image.size
-            except (OSError, UnidentifiedImageError) as error:
-                raise DataError(f"cannot read image {path}: {error}") from error
+            width, height = image_size(path)
             if width % 2 or (square_halves and width != 2 * height):
                 raise DataError(
                     f"{path} is {width}x{height}; an A|B image must hold two halves side by side"
@@ -203,8 +171,8 @@ class PairedFoldersDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         source_path, target_path = self.pairs[index]
-        source = TF.to_image(convert(read_image(source_path), self.input_nc))
-        target = TF.to_image(convert(read_image(target_path), self.output_nc))
+        source = TF.to_image(read_image(source_path, self.input_nc))
+        target = TF.to_image(read_image(target_path, self.output_nc))
         if source.shape[-2:] != target.shape[-2:]:
             target = TF.resize(target, list(source.shape[-2:]), antialias=True)
         source, target = transformed(self.transform, source_path, source, target)
@@ -243,8 +211,8 @@ class UnalignedDataset(Dataset):
             path_b = self.files_b[index % len(self.files_b)]
         else:
             path_b = self.files_b[random.randrange(len(self.files_b))]
-        image_a = TF.to_image(convert(read_image(path_a), self.input_nc))
-        image_b = TF.to_image(convert(read_image(path_b), self.output_nc))
+        image_a = TF.to_image(read_image(path_a, self.input_nc))
+        image_b = TF.to_image(read_image(path_b, self.output_nc))
         image_a = transformed(self.transform_a, path_a, image_a)
         image_b = transformed(self.transform_b, path_b, image_b)
         return {"A": image_a, "B": image_b, "name": path_a.stem, "name_B": path_b.stem}

@@ -25,21 +25,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from gan_translate.data.datamodule import TranslationDataModule, _require_root
-from gan_translate.data.datasets import DataError, convert, list_images, read_image
+from gan_translate.data.datasets import DataError, list_images, read_image
 from gan_translate.data.synthetic import LABELS, _generator, render_facade
 from gan_translate.networks.pix2pixhd import MAX_LABEL_NC, encode_label_ids
 
 SINGLE_CHANNEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
 
+def read_map(path: Path) -> Image.Image:
+    """A label or instance map as stored (the project's image reader would turn palette indices into colours
+    and scale 16-bit ids to 8 bits); EXIF orientation applied, as to the photos."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read map {path}: {error}") from error
+
+
 def read_label_map(path: Path, label_nc: int) -> torch.Tensor:
     """1 x H x W class ids (uint8) from a single-channel PNG; palette (P) images give their palette indices."""
-    image = read_image(path)
+    image = read_map(path)
     if image.mode not in SINGLE_CHANNEL_MODES:
         raise DataError(
             f"label map {path} is a {image.mode} image; data.label_nc={label_nc} needs single-channel maps of "
@@ -56,7 +68,7 @@ def read_label_map(path: Path, label_nc: int) -> torch.Tensor:
 
 def read_instance_map(path: Path) -> torch.Tensor:
     """1 x H x W instance ids (int32): grey/16-bit/32-bit maps as they are, colour maps one id per colour."""
-    image = read_image(path)
+    image = read_map(path)
     if image.mode in SINGLE_CHANNEL_MODES:
         ids = np.asarray(image).astype(np.int64)
     else:
@@ -156,8 +168,8 @@ class LabelFoldersDataset(Dataset):
         if self.label_nc:
             label = read_label_map(label_path, self.label_nc)
         else:
-            label = TF.to_image(convert(read_image(label_path), self.input_nc))
-        photo = TF.to_image(convert(read_image(image_path), self.output_nc))
+            label = TF.to_image(read_image(label_path, self.input_nc))
+        photo = TF.to_image(read_image(image_path, self.output_nc))
         instances = read_instance_map(instance_path) if instance_path is not None else None
         for path, part in ((image_path, photo), (instance_path, instances)):
             if part is not None and part.shape[-2:] != label.shape[-2:]:
@@ -265,6 +277,9 @@ class SyntheticLabelFacadesDataModule(TranslationDataModule):
         super().__init__(**kwargs)
         self.size, self.seed, self.label_nc, self.instance = size, seed, label_nc, instance
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
+
+    def source_image_size(self) -> tuple[int, int]:
+        return self.size, self.size
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         return SyntheticLabelFacades(self.lengths[split], self.size, split, self.seed, self.instance,

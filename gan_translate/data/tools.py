@@ -14,8 +14,9 @@ The functions here build such datasets:
 
 Conventions shared by all tools:
 
-* Images are read with PIL, EXIF orientation is applied, and every image is converted to 8-bit RGB
-  (grayscale / palette / CMYK / 16-bit are converted; transparent pixels are composited onto white).
+* Images are read with :func:`gan_translate.data.images.read_image`, as training and evaluation read them:
+  EXIF orientation applied, 8-bit RGB (grayscale / palette / CMYK converted, 16-bit scaled, transparent
+  pixels composited onto white).
 * Errors are raised as :class:`DatasetToolError` *before* anything is written whenever possible
   (missing or empty input folders, unreadable images, unmatched names, name collisions) and always name
   the offending folder or file.
@@ -32,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from gan_translate.data import images
 from gan_translate.data.datasets import DataError, index_by_stem, list_images
 
 SPLITS = ("train", "val", "test")
@@ -66,46 +68,24 @@ class BuildReport:
 
 def check_readable(paths: Iterable[Path]) -> None:
     """Open every image header (cheap) and raise one error naming all files PIL cannot identify."""
-    bad: list[str] = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                _ = img.size  # the header is parsed by Image.open
-        except (UnidentifiedImageError, OSError) as exc:
-            bad.append(f"{path} ({exc.__class__.__name__}: {exc})")
-    if bad:
-        raise DatasetToolError("unreadable image file(s): " + "; ".join(bad))
+    try:
+        images.check_readable(paths)
+    except DataError as exc:
+        raise DatasetToolError(str(exc)) from exc
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB; transparency is composited onto white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
-            arr = arr / 257.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
-    has_alpha = img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        img.mode in ("P", "L", "RGB") and "transparency" in img.info
-    )
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    """Convert any PIL image to 8-bit RGB (the one conversion of :mod:`gan_translate.data.images`)."""
+    return images.convert(img, 3)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Read an image file as 8-bit RGB (EXIF orientation applied). Errors name the file."""
-    path = Path(path)
+    """Read an image file as 8-bit RGB with the one image reader (EXIF orientation applied, 16-bit scaled,
+    transparency on white). Errors name the file."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetToolError(f"cannot read image {path}: {exc}") from exc
+        return images.read_image(path, 3)
+    except DataError as exc:
+        raise DatasetToolError(str(exc)) from exc
 
 
 def save_image(img: Image.Image, path: Path, fmt: str = "png", quality: int = 95) -> Path:

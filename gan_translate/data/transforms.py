@@ -13,6 +13,10 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+# Modes whose training images are all crop_size x crop_size squares.
+CROPPING_MODES = ("resize_and_crop", "crop", "scale_width_and_crop")
+# preprocess=none and scale_width round sides down to multiples of this (what every ResNet generator takes).
+MAKE_DIVISIBLE = 4
 
 
 class ScaleWidth(v2.Transform):
@@ -51,7 +55,7 @@ def build_transform(
     crop_size: int = 256,
     flip: bool = True,
     train: bool = True,
-    size_divisor: int = 4,
+    size_divisor: int = MAKE_DIVISIBLE,
 ) -> v2.Compose:
     """Training gets random crops and flips; evaluation is deterministic (resize to, or centre-crop at, crop_size)."""
     if preprocess not in PREPROCESS_MODES:

@@ -8,7 +8,8 @@ Nothing in this module downloads anything. Where the FID Inception weights come 
 
 1. the ``fid_weights`` argument (config key ``metrics.fid_weights``);
 2. the environment variable ``GAN_TRANSLATE_FID_WEIGHTS``;
-3. ``~/.cache/gan_translate/fid_inception_v3.pt`` (the default output of ``fetch_fid_inception.sh``);
+3. the weights cache: ``$GAN_TRANSLATE_CACHE/fid_inception_v3.pt`` or ``~/.cache/gan_translate/...``, where
+   ``python -m gan_translate.weights fetch fid`` puts it;
 4. torch-fidelity's Inception weights, only if torch-fidelity is installed and its weight file is already in
    the torch hub cache (``$TORCH_HOME/hub/checkpoints``);
 5. otherwise a :class:`MissingWeightsError` explaining how to get the file.
@@ -25,27 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_translate.weights import MissingWeightsError, cache_dir, fetch_command, find_weights
+
 FID_WEIGHTS_ENV = "GAN_TRANSLATE_FID_WEIGHTS"
 FID_WEIGHTS_FILENAME = "fid_inception_v3.pt"
-FID_FETCH_SCRIPT = "../shared/tools/fetch_fid_inception.sh"
+FID_FETCH_COMMAND = fetch_command("fid")
 # torch-fidelity's release asset name; it lands in the torch hub checkpoint cache when torch-fidelity downloads it.
 _TORCH_FIDELITY_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Raised when a metric needs pretrained weights that are not available locally (we never download)."""
-
-
-def default_cache_dir() -> Path:
-    """Directory the fetch scripts write to by default (``~/.cache/gan_translate``), resolved at call time."""
-    return Path(os.path.expanduser("~")) / ".cache" / "gan_translate"
 
 
 def _fid_missing_message(detail: str) -> str:
     return (
         f"FID/KID need the FID Inception-v3 weights, and they are not available locally ({detail}). "
         f"Set `metrics.fid_weights=PATH` (or the environment variable {FID_WEIGHTS_ENV}=PATH) to a TorchScript "
-        f"file `{FID_WEIGHTS_FILENAME}`; `bash {FID_FETCH_SCRIPT} DIR` produces DIR/{FID_WEIGHTS_FILENAME}. "
+        f"file `{FID_WEIGHTS_FILENAME}`, or put it into the weights cache with `{FID_FETCH_COMMAND}`. "
         "Or disable them with `metrics.collection.fid=false metrics.collection.kid=false`."
     )
 
@@ -81,8 +75,7 @@ def resolve_fid_weights(fid_weights: str | os.PathLike | None = None) -> Path | 
                             _fid_missing_message)
     if path is not None:
         return path
-    cached = default_cache_dir() / FID_WEIGHTS_FILENAME
-    return cached if cached.is_file() else None
+    return find_weights("fid")
 
 
 def _torch_fidelity_cached_weights() -> Path | None:
@@ -173,7 +166,7 @@ def build_fid_feature_extractor(fid_weights: str | os.PathLike | None = None) ->
     raise MissingWeightsError(
         _fid_missing_message(
             f"neither metrics.fid_weights nor ${FID_WEIGHTS_ENV} is set, and nothing is cached at "
-            f"{default_cache_dir() / FID_WEIGHTS_FILENAME}"
+            f"{cache_dir() / FID_WEIGHTS_FILENAME}"
         )
     )
 

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from gan_translate.data.datasets import IMAGE_EXTENSIONS, index_by_stem, list_images
+from gan_translate.data.images import read_image
 
 from .translation import TranslationMetrics
 
@@ -18,12 +19,12 @@ __all__ = ["IMAGE_EXTENSIONS", "evaluate_folders", "load_image"]
 
 
 def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
-    """Load an image as RGB, optionally resize to ``size=(width, height)`` (bicubic), return 3 x H x W in [-1, 1]."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size is not None and img.size != tuple(size):
-            img = img.resize(tuple(size), Image.Resampling.BICUBIC)
-        arr = np.asarray(img, dtype=np.float32)
+    """Read an image as RGB with the one image reader (as training reads it: EXIF orientation, 16-bit, alpha on
+    white), optionally resize to ``size=(width, height)`` (bicubic), return 3 x H x W in [-1, 1]."""
+    img = read_image(path, 3)
+    if size is not None and img.size != tuple(size):
+        img = img.resize(tuple(size), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
@@ -42,9 +43,9 @@ def evaluate_folders(
     """Compute ``metrics`` over prediction/target image pairs matched by file stem.
 
     ``pred_dir/x.png`` is paired with ``target_dir/x.<any image extension>``. Every stem must exist on both sides,
-    otherwise a ValueError lists the unmatched names. Images are loaded as RGB. If a target's size differs from its
-    prediction's, the *target* is resized (bicubic) to the prediction's size, so metrics are measured at the
-    resolution the model produced. Predictions within a batch may differ in size from each other only if
+    otherwise a ValueError lists the unmatched names. Images are read as RGB by ``load_image``. If a target's size
+    differs from its prediction's, the *target* is resized (bicubic) to the prediction's size, so metrics are
+    measured at the resolution the model produced. Predictions within a batch may differ in size from each other only if
     ``batch_size=1``; otherwise the batch is split by size automatically.
 
     ``metrics`` is reset first and left holding this evaluation's state. Returns the computed metrics plus

@@ -8,9 +8,10 @@ torchmetrics, and the backbone is loaded from a local file.
 Backbone lookup order for ``net`` in ``{"alex", "vgg"}``:
 
 1. ``lpips_weights`` argument (config key ``metrics.lpips_weights``): a directory holding
-   ``alexnet_features.pth`` / ``vgg16_features.pth`` (as written by ``fetch_lpips_backbone.sh``) or one such file;
+   ``alexnet_features.pth`` / ``vgg16_features.pth`` (as written by ``python -m gan_translate.weights fetch
+   lpips``) or one such file;
 2. the environment variable ``GAN_TRANSLATE_LPIPS_WEIGHTS`` (same meaning);
-3. ``~/.cache/gan_translate/<backbone>_features.pth`` (default output dir of the fetch script);
+3. the weights cache (``$GAN_TRANSLATE_CACHE`` or ``~/.cache/gan_translate``), where that command puts them;
 4. torchvision's own ImageNet checkpoint if it is already in the torch hub cache;
 5. otherwise a :class:`MissingWeightsError`.
 """
@@ -25,11 +26,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from .features import MissingWeightsError, default_cache_dir, explicit_weights
+from gan_translate.weights import MissingWeightsError, cache_dir, fetch_command, find_weights
+
+from .features import explicit_weights
 
 LPIPS_WEIGHTS_ENV = "GAN_TRANSLATE_LPIPS_WEIGHTS"
-LPIPS_FETCH_SCRIPT = "../shared/tools/fetch_lpips_backbone.sh"
+LPIPS_FETCH_COMMAND = fetch_command("lpips")  # both backbones, one download
 _BACKBONES = {"alex": "alexnet", "vgg": "vgg16"}
+_WEIGHTS_NAMES = {"alex": "lpips-alex", "vgg": "lpips-vgg"}  # gan_translate.weights names
 
 
 def _lpips_missing_message(net: str, detail: str) -> str:
@@ -37,7 +41,7 @@ def _lpips_missing_message(net: str, detail: str) -> str:
     return (
         f"LPIPS ({net}) needs ImageNet backbone weights, and they are not available locally ({detail}). "
         f"Set `metrics.lpips_weights=DIR` (or {LPIPS_WEIGHTS_ENV}=DIR) to a folder containing {fname}; "
-        f"`PYTHON=<venv python> bash {LPIPS_FETCH_SCRIPT} DIR` produces it. "
+        f"or put it into the weights cache with `{LPIPS_FETCH_COMMAND}`. "
         "Or disable LPIPS with `metrics.collection.lpips=false`."
     )
 
@@ -61,13 +65,13 @@ def resolve_lpips_backbone(net: str, lpips_weights: str | os.PathLike | None = N
     )
     if path is not None:
         return path
-    for candidate in (default_cache_dir() / fname, _torchvision_cached_backbone(net)):
+    for candidate in (find_weights(_WEIGHTS_NAMES[net]), _torchvision_cached_backbone(net)):
         if candidate is not None and candidate.is_file():
             return candidate
     raise MissingWeightsError(
         _lpips_missing_message(
             net,
-            f"neither metrics.lpips_weights nor ${LPIPS_WEIGHTS_ENV} is set, nothing cached in {default_cache_dir()}",
+            f"neither metrics.lpips_weights nor ${LPIPS_WEIGHTS_ENV} is set, nothing cached in {cache_dir()}",
         )
     )
 

@@ -38,10 +38,56 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from .features import MissingWeightsError, _MemoFeatures, build_fid_feature_extractor
+from .features import (
+    MissingWeightsError,
+    _MemoFeatures,
+    _torch_fidelity_cached_weights,
+    build_fid_feature_extractor,
+    resolve_fid_weights,
+)
 from .lpips import resolve_lpips_backbone
 
-__all__ = ["TranslationMetrics", "build_metrics"]
+__all__ = ["TranslationMetrics", "build_metrics", "selection_metric"]
+
+
+def _found(resolve: Callable[[], object]) -> bool:
+    try:
+        return resolve() is not None
+    except MissingWeightsError:
+        return False
+
+
+def fid_weights_found(fid_weights: str | os.PathLike | None = None) -> bool:
+    return _found(lambda: resolve_fid_weights(fid_weights) or _torch_fidelity_cached_weights())
+
+
+def lpips_weights_found(net: str = "alex", lpips_weights: str | os.PathLike | None = None) -> bool:
+    return _found(lambda: resolve_lpips_backbone(net, lpips_weights))
+
+
+def switch_on(switch: bool | str, available: Callable[[], bool]) -> bool:
+    if switch == "auto":
+        return available()
+    if not isinstance(switch, bool):
+        raise ValueError(f"a metric switch is true, false or auto, got {switch!r}")
+    return switch
+
+
+def selection_metric(collection: Any, paired: bool) -> str | None:
+    """The metric that should pick checkpoints for a metrics config (``collection`` of conf/metrics/*.yaml):
+    ``val/fid`` when FID runs, else ``val/lpips`` (paired models), else None. Pixel losses such as val/l1 are
+    never chosen: they reward blurry outputs, the averages the GAN term is there to avoid."""
+    if not collection:
+        return None
+    custom = collection.get("feature_extractor") is not None
+    fid = switch_on(collection.get("fid", False), lambda: custom or fid_weights_found(collection.get("fid_weights")))
+    if fid:
+        return "val/fid"
+    paired = paired and collection.get("paired", True)
+    lpips_net, lpips_weights = collection.get("lpips_net", "alex"), collection.get("lpips_weights")
+    if paired and switch_on(collection.get("lpips", False), lambda: lpips_weights_found(lpips_net, lpips_weights)):
+        return "val/lpips"
+    return None
 
 
 class _MeanPSNR(Metric):
@@ -101,6 +147,7 @@ class TranslationMetrics(nn.Module):
     Args:
         paired: a pixel-aligned target exists for every output (pix2pix); enables l1/psnr/ssim/lpips.
         l1, psnr, ssim, lpips, fid, kid: switch each metric on or off. Networks are only built when enabled.
+            ``lpips``, ``fid`` and ``kid`` also take ``"auto"``: on when their weights are found locally.
         fid_weights: TorchScript FID Inception file (or a folder holding ``fid_inception_v3.pt``); falls back to
             ``$GAN_TRANSLATE_FID_WEIGHTS``, then the local cache, then a clear error. Unused when
             ``feature_extractor`` is given.
@@ -124,9 +171,9 @@ class TranslationMetrics(nn.Module):
         l1: bool = True,
         psnr: bool = True,
         ssim: bool = True,
-        lpips: bool = False,
-        fid: bool = False,
-        kid: bool = False,
+        lpips: bool | str = False,
+        fid: bool | str = False,
+        kid: bool | str = False,
         fid_weights: str | os.PathLike | None = None,
         lpips_net: str = "alex",
         lpips_weights: str | os.PathLike | None = None,
@@ -137,6 +184,10 @@ class TranslationMetrics(nn.Module):
         psnr_max_db: float = 100.0,
     ) -> None:
         super().__init__()
+        # "auto": on when its weights are found (or a custom feature extractor is given), quietly off otherwise.
+        fid = switch_on(fid, lambda: feature_extractor is not None or fid_weights_found(fid_weights))
+        kid = switch_on(kid, lambda: feature_extractor is not None or fid_weights_found(fid_weights))
+        lpips = switch_on(lpips, lambda: lpips_weights_found(lpips_net, lpips_weights))
         if kid and (not isinstance(kid_subset_size, int) or kid_subset_size < 2):
             raise ValueError(f"metrics kid_subset_size must be an int >= 2, got {kid_subset_size!r}")
         if max_images is not None and (not isinstance(max_images, int) or max_images < 1):

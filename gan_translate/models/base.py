@@ -9,6 +9,11 @@
 - validation metrics (torchmetrics via gan_translate.metrics) computed every N epochs and logged as val/*;
 - the run's composed config stored in every checkpoint, so predict needs nothing else.
 
+Two policies live in small mixins of their own, each tested separately: what a NaN/Inf loss does
+(``models/nonfinite.py``, ``model.nonfinite``) and batch norm at test time (``models/norm_modes.py``,
+``model.test_batch_stats``). A subclass needs neither's internals: ``optimization_step`` applies the first,
+``evaluating()`` and validation the second, and ``step_skipped`` says whether an update of this batch was dropped.
+
 Note: ``trainer.global_step`` counts optimizer steps, i.e. 2 per batch (G and D) for pix2pix and CycleGAN; losses are
 logged against batches. ``trainer.max_steps`` is therefore in optimizer steps.
 """
@@ -21,20 +26,16 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import gan_translate
-from gan_translate.networks.layers import use_batch_statistics
+from gan_translate.models.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
+from gan_translate.models.norm_modes import EvalNormMode
 
 CHECKPOINT_KEY = "gan_translate"
 log = logging.getLogger(__name__)
-NONFINITE_POLICIES = ("raise", "skip", "ignore")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN/Inf; the message names the terms, the optimizer and the step."""
+__all__ = ["CHECKPOINT_KEY", "GANModule", "NonFiniteLossError", "build_network", "expect_loss"]
 
 
 def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int) -> nn.Module:
@@ -42,7 +43,18 @@ def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int
     return factory if isinstance(factory, nn.Module) else factory(**channels)
 
 
-class GANModule(pl.LightningModule):
+def expect_loss(loss: object, expected: type, model: str, example: str) -> None:
+    """Fail at construction, naming the keys, when a model is composed with another method's loss config
+    (``model=cyclegan`` alone keeps the default ``loss=pix2pix``)."""
+    if not isinstance(loss, expected):
+        raise TypeError(
+            f"model={model} needs its own loss weights ({expected.__name__}, loss={model}), got "
+            f"{type(loss).__name__}: pass loss={model}, or an experiment that sets data, networks and loss "
+            f"together, e.g. experiment={example}"
+        )
+
+
+class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
     """Base of the GAN LightningModules. Subclasses define ``optimizer_groups``, ``training_step``,
     ``validation_step`` (calling ``update_metrics``) and ``visuals``; ``generator_for(direction)``
     serves prediction and export."""
@@ -65,12 +77,7 @@ class GANModule(pl.LightningModule):
         nonfinite: str = "raise",
     ) -> None:
         super().__init__()
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"model.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        # raise: stop with a message before the bad step touches the weights; skip: drop that step (counted
-        # in skipped_steps); ignore: no check (no host sync per step).
-        self.nonfinite = nonfinite
-        self.skipped_steps = 0
+        self.set_nonfinite_policy(nonfinite)  # see models/nonfinite.py
         self.automatic_optimization = False
         self.input_nc, self.output_nc = input_nc, output_nc
         self.optimizer_factory = optimizer
@@ -83,10 +90,7 @@ class GANModule(pl.LightningModule):
         # A factory gets told whether targets are pixel-aligned (pix2pix) or only same-domain (CycleGAN).
         self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
         self.metrics_every_n_epochs = metrics_every_n_epochs
-        # Batch norm at validation/test: running statistics (False) or each batch's own statistics (True,
-        # the reference's test behaviour, which its batch-size-1 results depend on).
-        self.test_batch_stats = test_batch_stats
-        self._restore_norm: Callable[[], None] | None = None
+        self.test_batch_stats = test_batch_stats  # see models/norm_modes.py
         self._metrics_active = False
 
     # ----- hooks for subclasses -----
@@ -137,6 +141,13 @@ class GANModule(pl.LightningModule):
             {"scheduler": self.scheduler_factory(optimizer), "name": f"lr-{name}", "interval": "epoch"}
             for name, optimizer in zip(groups, optimizers, strict=True)
         ]
+        if self.scheduler_monitor is None and any(
+            isinstance(entry["scheduler"], ReduceLROnPlateau) for entry in schedulers
+        ):
+            raise ValueError(
+                "scheduler=plateau watches monitor.metric, which is unset (monitor.metric=auto found no FID or "
+                "LPIPS weights): set monitor.metric=val/... (and monitor.mode), or fetch the FID weights"
+            )
         return optimizers, schedulers
 
     def _check_clipping_possible(self, optimizers: list[torch.optim.Optimizer]) -> None:
@@ -163,8 +174,7 @@ class GANModule(pl.LightningModule):
 
     def optimization_step(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None = None) -> None:
         """One update; ``terms`` (the named parts of ``loss``) only serve the non-finite loss message."""
-        if self.nonfinite != "ignore" and not self._loss_is_finite(loss):
-            self._on_nonfinite_loss(optimizer, loss, terms)
+        if not self.loss_is_usable(optimizer, loss, terms):
             return
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -175,45 +185,6 @@ class GANModule(pl.LightningModule):
         # gradients; clipping right after manual_backward would clip the scaled ones.
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-
-    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).all().float()
-        if self.nonfinite == "skip" and self.trainer.world_size > 1:
-            # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
-            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
-        return bool(finite)
-
-    def _on_nonfinite_loss(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None) -> None:
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        names = list(self.optimizer_groups())
-        index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), None)
-        which = names[index] if index is not None and index < len(names) else "optimizer"
-        values = ", ".join(f"{name}={float(value.detach().float()):.4g}" for name, value in (terms or {}).items())
-        where = (f"{which} loss is {float(loss.detach().float())} at global step {self.trainer.global_step} "
-                 f"(epoch {self.current_epoch})" + (f": {values}" if values else ""))
-        if self.nonfinite == "raise":
-            raise NonFiniteLossError(
-                f"{where}. Weights were not updated and no checkpoint was written after it. Lower the learning "
-                "rate, set model.gradient_clip_val, or use model.nonfinite=skip to drop such steps."
-            )
-        self.skipped_steps += 1
-        self._skipped_in_batch = True
-        rank_zero_warn(f"skipped a step: {where} ({self.skipped_steps} skipped so far)")
-        self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max", batch_size=1)
-
-    # skip mode: a bad batch's forward pass has already updated the norm layers' running statistics;
-    # they are put back as they were before the batch (a small copy: norm buffers are per channel).
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        self._skipped_in_batch = False
-        if self.nonfinite == "skip":
-            self._buffers_before = {n: b.clone() for n, b in self.named_buffers() if b.is_floating_point()}
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if getattr(self, "_skipped_in_batch", False):
-            buffers = dict(self.named_buffers())
-            for name, value in self._buffers_before.items():
-                buffers[name].copy_(value)
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
@@ -232,31 +203,6 @@ class GANModule(pl.LightningModule):
                 scheduler.step(value)
             else:
                 scheduler.step()
-
-    # ----- evaluation mode -----
-    @contextmanager
-    def evaluating(self) -> Iterator[None]:
-        """eval() with the configured batch-norm behaviour, then back to the previous mode."""
-        was_training = self.training
-        self.eval()
-        restore = use_batch_statistics(self) if self.test_batch_stats else None
-        try:
-            yield
-        finally:
-            if restore:
-                restore()
-            self.train(was_training)
-
-    def on_validation_model_eval(self) -> None:
-        super().on_validation_model_eval()
-        if self.test_batch_stats:
-            self._restore_norm = use_batch_statistics(self)
-
-    def on_validation_model_train(self) -> None:
-        if self._restore_norm:
-            self._restore_norm()
-            self._restore_norm = None
-        super().on_validation_model_train()
 
     # ----- validation metrics -----
     def on_validation_epoch_start(self) -> None:

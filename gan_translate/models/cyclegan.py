@@ -18,9 +18,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.losses import CycleGANLoss, gradient_penalty
-from gan_translate.models.base import GANModule, build_network
+from gan_translate.losses import GANLoss, gradient_penalty
+from gan_translate.models.base import GANModule, build_network, expect_loss
 from gan_translate.models.image_pool import ImagePool
+
+
+class CycleGANLoss(nn.Module):
+    """CycleGAN objective: GAN + lambda_cycle * cycle L1 + lambda_identity * lambda_cycle * identity L1.
+
+    ``lambda_identity`` is a fraction of ``lambda_cycle``, as in the authors' code: 0.5 with
+    lambda_cycle 10 weighs the identity term by 5. Set it to 0 to turn the identity loss off.
+    """
+
+    def __init__(
+        self,
+        gan_mode: str = "lsgan",
+        lambda_cycle: float = 10.0,
+        lambda_identity: float = 0.5,
+        lambda_gp: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.gan = GANLoss(gan_mode)
+        self.lambda_cycle = lambda_cycle
+        self.lambda_identity = lambda_identity
+        self.lambda_gp = lambda_gp
+
+    @property
+    def uses_gradient_penalty(self) -> bool:
+        return self.gan.gan_mode == "wgangp" and self.lambda_gp > 0
 
 
 class CycleGAN(GANModule):
@@ -39,6 +64,7 @@ class CycleGAN(GANModule):
         **kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, input_nc=input_nc, output_nc=output_nc, **kwargs)
+        expect_loss(loss, CycleGANLoss, "cyclegan", "shapes_cyclegan")
         if loss.lambda_identity > 0 and input_nc != output_nc:
             raise ValueError(
                 f"identity loss needs input_nc == output_nc (got {input_nc} and {output_nc}); "
@@ -102,7 +128,7 @@ class CycleGAN(GANModule):
             fake_b, fake_a = self.generator_A(real_a), self.generator_B(real_b)
             losses = self.generator_loss_terms(real_a, real_b, fake_b, fake_a)
             self.optimization_step(opt_g, sum(losses.values()), losses)
-        if self._skipped_in_batch:
+        if self.step_skipped:
             # nonfinite=skip dropped the G step: the fakes of this forward may be NaN/Inf, and in the pools
             # they would reach D again for many batches. The D step of this batch is dropped too.
             return

@@ -11,8 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.losses import Pix2PixLoss, gradient_penalty
-from gan_translate.models.base import GANModule, build_network
+from gan_translate.losses import GANLoss, gradient_penalty
+from gan_translate.models.base import GANModule, build_network, expect_loss
+
+
+class Pix2PixLoss(nn.Module):
+    """pix2pix objective: GAN + lambda_l1 * L1 (+ lambda_gp * GP when gan_mode is wgangp)."""
+
+    def __init__(self, gan_mode: str = "vanilla", lambda_l1: float = 100.0, lambda_gp: float = 10.0) -> None:
+        super().__init__()
+        self.gan = GANLoss(gan_mode)
+        self.lambda_l1 = lambda_l1
+        self.lambda_gp = lambda_gp
+
+    @property
+    def uses_gradient_penalty(self) -> bool:
+        return self.gan.gan_mode == "wgangp" and self.lambda_gp > 0
 
 
 class Pix2Pix(GANModule):
@@ -31,6 +45,7 @@ class Pix2Pix(GANModule):
         **kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, input_nc=input_nc, output_nc=output_nc, **kwargs)
+        expect_loss(loss, Pix2PixLoss, "pix2pix", "demo")
         self.conditional_discriminator = conditional_discriminator
         self.generator = build_network(generator, input_nc=input_nc, output_nc=output_nc)
         d_channels = input_nc + output_nc if conditional_discriminator else output_nc

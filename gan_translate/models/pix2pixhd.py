@@ -29,7 +29,7 @@ from gan_translate.losses import (
     gradient_penalty,
     multiscale_scores,
 )
-from gan_translate.models.base import GANModule, build_network
+from gan_translate.models.base import GANModule, build_network, expect_loss
 from gan_translate.networks.pix2pixhd import FeatureEncoder, Pix2PixHDGenerator, label_ids
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Pix2PixHD(GANModule):
         **kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, input_nc=input_nc, output_nc=output_nc, **kwargs)
+        expect_loss(loss, Pix2PixHDLoss, "pix2pixhd", "demo_pix2pixhd")
         if feature_encoder and not (label_nc or instance):
             raise ValueError(
                 "model.feature_encoder=true averages features per instance: it needs instance maps "

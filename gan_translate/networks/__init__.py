@@ -8,6 +8,7 @@ from gan_translate.networks.generators import (
     UnetSkipConnectionBlock,
 )
 from gan_translate.networks.layers import init_weights, norm_layer
+from gan_translate.networks.vgg import VGGFeatures
 
 __all__ = [
     "NLayerDiscriminator",
@@ -16,6 +17,7 @@ __all__ = [
     "ResnetGenerator",
     "UnetGenerator",
     "UnetSkipConnectionBlock",
+    "VGGFeatures",
     "init_weights",
     "norm_layer",
 ]

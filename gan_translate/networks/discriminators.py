@@ -1,6 +1,7 @@
 """Discriminators: the PatchGAN (``NLayerDiscriminator``) and the 1x1 ``PixelDiscriminator``.
 
-Both output raw scores (no sigmoid): the GAN loss decides how to read them.
+Both output raw scores (no sigmoid): the GAN loss decides how to read them. Each declares ``min_size``, the
+smallest H and W it takes with a batch of one in train mode (see ``gan_translate.sizes``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class NLayerDiscriminator(nn.Module):
         init_gain: float = 0.02,
     ) -> None:
         super().__init__()
+        self.n_layers = n_layers
+        self.min_size = self.smallest_side(n_layers)
         make_norm = norm_layer(norm)
         bias = uses_bias(norm)
         layers: list[nn.Module] = [
@@ -43,6 +46,26 @@ class NLayerDiscriminator(nn.Module):
         self.model = nn.Sequential(*layers)
         init_weights(self, init_type, init_gain)
 
+    @staticmethod
+    def smallest_side(n_layers: int) -> int:
+        """The 4x4 convs with stride 2 floor-halve the side (the first conv, then n_layers - 1 more); each
+        4x4 conv with stride 1 (the last feature layer, if n_layers >= 1, and the output layer) takes one
+        pixel off. At least one score must come out; that also keeps the deepest batch norm at >= 2x2."""
+        halvings = max(1, n_layers)
+        shrinking = 2 if n_layers >= 1 else 1
+        return (shrinking + 1) * 2**halvings
+
+    @property
+    def size_args(self) -> dict[str, int]:
+        return {"n_layers": self.n_layers}
+
+    def args_for_size(self, height: int, width: int) -> dict[str, int] | None:
+        """The deepest ``n_layers`` below the current one that still gives a score on the shorter side."""
+        for n in range(self.n_layers - 1, -1, -1):
+            if min(height, width) >= self.smallest_side(n):
+                return {"n_layers": n}
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
@@ -59,6 +82,9 @@ class PixelDiscriminator(nn.Module):
         init_gain: float = 0.02,
     ) -> None:
         super().__init__()
+        self.norm = norm
+        # 1x1 convs take any size, but a norm layer needs more than one value per channel (batch of one).
+        self.min_size = 1 if norm == "none" else 2
         bias = uses_bias(norm)
         self.model = nn.Sequential(
             nn.Conv2d(input_nc, ndf, kernel_size=1),
@@ -69,6 +95,13 @@ class PixelDiscriminator(nn.Module):
             nn.Conv2d(ndf * 2, 1, kernel_size=1, bias=bias),
         )
         init_weights(self, init_type, init_gain)
+
+    @property
+    def size_args(self) -> dict[str, str]:
+        return {"norm": self.norm}
+
+    def args_for_size(self, height: int, width: int) -> dict[str, str] | None:
+        return {"norm": "none"} if self.norm != "none" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -1,10 +1,13 @@
 """Generators with the papers' names: the pix2pix U-Net and the CycleGAN ResNet.
 
-Each generator maps ``N x input_nc x H x W`` in [-1, 1] to ``N x output_nc x H x W`` in [-1, 1] and exposes
-``size_divisor``: H and W must be multiples of it (predict pads or resizes other sizes).
+Each generator maps ``N x input_nc x H x W`` in [-1, 1] to ``N x output_nc x H x W`` in [-1, 1] and declares
+the sizes it takes (see ``gan_translate.sizes``): H and W must be multiples of ``size_divisor`` and at least
+``min_size``; ``size_args`` names the arguments that set them and ``args_for_size(h, w)`` suggests others.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -68,6 +71,8 @@ class UnetGenerator(nn.Module):
     generator's only source of noise.
     """
 
+    MIN_DOWNS = 5  # the four outer levels plus the innermost one
+
     def __init__(
         self,
         input_nc: int,
@@ -80,9 +85,14 @@ class UnetGenerator(nn.Module):
         init_gain: float = 0.02,
     ) -> None:
         super().__init__()
-        if num_downs < 5:
-            raise ValueError(f"UnetGenerator needs num_downs >= 5, got {num_downs}")
-        self.size_divisor = 2**num_downs
+        if num_downs < self.MIN_DOWNS:
+            raise ValueError(f"UnetGenerator needs num_downs >= {self.MIN_DOWNS}, got {num_downs}")
+        self.num_downs = num_downs
+        # Each level halves the side and its skip connection concatenates the input with the upsampled
+        # output, so every level needs an even side: H and W must be multiples of 2**num_downs. The smallest
+        # such side ends at a 1x1 bottleneck, with the deepest batch norms at 2x2 (fine with a batch of one);
+        # anything smaller reaches a 1x1 batch norm or a 0-pixel conv.
+        self.size_divisor = self.min_size = 2**num_downs
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
         for _ in range(num_downs - 5):
             block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, dropout=dropout)
@@ -93,6 +103,16 @@ class UnetGenerator(nn.Module):
             output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm=norm
         )
         init_weights(self, init_type, init_gain)
+
+    @property
+    def size_args(self) -> dict[str, int]:
+        return {"num_downs": self.num_downs}
+
+    def args_for_size(self, height: int, width: int) -> dict[str, int] | None:
+        """The deepest ``num_downs`` whose ``2**num_downs`` divides both sides, if any is allowed."""
+        common = math.gcd(height, width)
+        num_downs = (common & -common).bit_length() - 1  # the power of two in the common divisor
+        return {"num_downs": num_downs} if num_downs >= self.MIN_DOWNS else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -138,7 +158,9 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         make_norm = norm_layer(norm)
         bias = uses_bias(norm)
-        self.size_divisor = 2**n_downsampling
+        self.n_downsampling, self.padding, self.norm = n_downsampling, padding, norm
+        self.size_divisor = 2**n_downsampling  # the up-convolutions double: other sides come back larger
+        self.min_size = self.smallest_side(n_downsampling, padding, norm)
         layers: list[nn.Module] = [
             nn.Conv2d(input_nc, ngf, kernel_size=7, padding=3, padding_mode=padding, bias=bias),
             make_norm(ngf),
@@ -165,6 +187,28 @@ class ResnetGenerator(nn.Module):
         layers += [nn.Conv2d(channels, output_nc, kernel_size=7, padding=3, padding_mode=padding), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         init_weights(self, init_type, init_gain)
+
+    @staticmethod
+    def smallest_side(n_downsampling: int, padding: str, norm: str) -> int:
+        """Smallest H and W for a batch of one in train mode: reflection padding needs every side longer
+        than its pad (3 at the 7x7 convs, 1 in the residual blocks at the bottleneck), and a norm layer
+        needs more than one value per channel at the bottleneck."""
+        divisor = 2**n_downsampling
+        bottleneck = 2 if padding == "reflect" or norm != "none" else 1
+        side = max(divisor * bottleneck, 4 if padding == "reflect" else 1)
+        return -(-side // divisor) * divisor
+
+    @property
+    def size_args(self) -> dict[str, int]:
+        return {"n_downsampling": self.n_downsampling}
+
+    def args_for_size(self, height: int, width: int) -> dict[str, int] | None:
+        """The largest ``n_downsampling`` below the current one with which both sides fit, if any."""
+        for n in range(self.n_downsampling - 1, -1, -1):
+            divisor, smallest = 2**n, self.smallest_side(n, self.padding, self.norm)
+            if all(side % divisor == 0 and side >= smallest for side in (height, width)):
+                return {"n_downsampling": n}
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

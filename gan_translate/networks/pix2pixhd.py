@@ -80,6 +80,10 @@ class GlobalGenerator(nn.Module):
         self.to_image = _output_layer(ngf, output_nc, padding)
         init_weights(self, init_type, init_gain)
 
+    @property
+    def size_args(self) -> dict[str, int]:
+        return {"n_downsample_global": self.size_divisor.bit_length() - 1}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_image(self.features(x))
 
@@ -142,6 +146,11 @@ class LocalEnhancer(nn.Module):
         self.to_image = _output_layer(ngf // 2**n_local_enhancers, output_nc, padding)
         init_weights(self.enhancers, init_type, init_gain)
         init_weights(self.to_image, init_type, init_gain)
+
+    @property
+    def size_args(self) -> dict[str, int]:
+        return {"n_downsample_global": self.size_divisor.bit_length() - 1 - self.n_local_enhancers,
+                "n_local_enhancers": self.n_local_enhancers}
 
     def global_parameters(self):
         """G1's parameters (frozen for the first ``fix_global_epochs`` of the local stage)."""
@@ -227,6 +236,10 @@ class MultiscaleDiscriminator(nn.Module):
         pooling = [(3, 2, 1)] * (num_D - 1)
         self.min_size = next(s for s in range(1, 1 << 20) if _output_side(s, pooling + convs) >= 1)
 
+    @property
+    def size_args(self) -> dict[str, int]:
+        return {"num_D": self.num_D, "n_layers": self.n_layers}
+
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         outputs = []
         for scale, discriminator in enumerate(self.discriminators):
@@ -253,6 +266,7 @@ class FeatureEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.size_divisor = 2**n_downsampling
+        self.min_size = 2 * self.size_divisor  # instance norm needs a bottleneck of at least 2 x 2
         layers = _conv_block(input_nc, ngf, norm, kernel_size=7, padding=3, padding_mode=padding)
         channels = ngf
         for _ in range(n_downsampling):
@@ -378,6 +392,10 @@ class Pix2PixHDGenerator(nn.Module):
     @property
     def min_size(self) -> int:
         return getattr(self.network, "min_size", self.size_divisor)
+
+    @property
+    def size_args(self) -> dict:
+        return getattr(self.network, "size_args", {})
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.size(1) not in (self.label_channels, self.label_channels + 1):

@@ -1,0 +1,116 @@
+"""The small pieces GANModule is made of, each on its own (not through a GAN), and what a run prints."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TINY_OVERRIDES, compose_train, run_module
+from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gan_translate.checkpoint import build_model
+from gan_translate.models.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
+from gan_translate.models.norm_modes import EvalNormMode
+
+
+class Regression(NonFiniteLossPolicy, pl.LightningModule):
+    """A plain one-optimizer model (no GAN) using only the non-finite policy; batch 2 of every epoch is NaN."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.set_nonfinite_policy(policy)
+        self.net = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+    def optimizer_groups(self):
+        return {"net": self.net.parameters()}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if batch_idx == 2:
+            x = x * float("nan")
+        loss = nn.functional.mse_loss(self.net(x), y)
+        opt = self.optimizers()
+        if self.loss_is_usable(opt, loss, {"mse": loss}):
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+
+def fit(model: pl.LightningModule, *callbacks: pl.Callback) -> pl.Trainer:
+    data = TensorDataset(torch.randn(16, 2), torch.randn(16, 1))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    return trainer
+
+
+def test_nonfinite_raise_names_the_optimizer_term_and_step_before_the_update():
+    model = Regression("raise")
+    with pytest.raises(NonFiniteLossError, match=r"net loss is nan at global step 2 .*mse=nan"):
+        fit(model)
+
+
+def test_nonfinite_skip_drops_the_step_and_restores_norm_statistics():
+    seen = {}
+
+    class Watch(pl.Callback):
+        # Callbacks' batch hooks run before the model's: batch 3's start sees batch 2 fully done.
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            key = {2: "", 3: "_after"}.get(batch_idx)
+            if key is not None:
+                seen["stats" + key] = pl_module.net[1].running_mean.clone()
+                seen["weights" + key] = pl_module.net[0].weight.detach().clone()
+
+    model = Regression("skip")
+    with pytest.warns(UserWarning, match="skipped a step"):
+        trainer = fit(model, Watch())
+    assert model.skipped_steps == 1 and trainer.global_step == 3  # 4 batches, one update dropped
+    assert torch.equal(seen["stats"], seen["stats_after"])  # the NaN forward pass left no trace in the statistics
+    assert torch.equal(seen["weights"], seen["weights_after"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_policy_name_is_checked():
+    with pytest.raises(ValueError, match=r"model.nonfinite must be one of \('raise', 'skip', 'ignore'\)"):
+        Regression("drop")
+
+
+class Normed(EvalNormMode, pl.LightningModule):
+    def __init__(self, test_batch_stats: bool) -> None:
+        super().__init__()
+        self.test_batch_stats = test_batch_stats
+        self.norm = nn.BatchNorm2d(3)
+
+
+@pytest.mark.parametrize("batch_stats", [False, True])
+def test_eval_norm_mode_uses_running_or_batch_statistics_and_restores(batch_stats):
+    model = Normed(batch_stats)
+    model.norm.running_mean.fill_(5.0)
+    x = torch.randn(2, 3, 4, 4) * 3 + 1
+    running = model.norm.running_mean.clone()
+    with model.evaluating():
+        out = model.norm(x)
+    per_channel_mean = out.mean(dim=(0, 2, 3))
+    if batch_stats:  # normalised by the batch's own statistics: zero mean per channel
+        torch.testing.assert_close(per_channel_mean, torch.zeros(3), atol=1e-5, rtol=0)
+    else:  # by the running mean of 5: strongly negative
+        assert (per_channel_mean < -2).all()
+    assert torch.equal(model.norm.running_mean, running)  # statistics untouched either way
+    assert model.training and model.norm.training and model.norm.momentum == 0.1  # back as it was
+
+
+def test_cli_run_prints_parameter_counts_and_no_known_third_party_noise(tmp_path):
+    overrides = [o for o in TINY_OVERRIDES if "enable_model_summary" not in o]
+    result = run_module("gan_translate.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert "FLOPs" not in out  # Lightning's FLOPs column is always 0 for GANs
+    assert "LeafSpec" not in out and "litlogger" not in out
+    model = build_model(compose_train(TINY_OVERRIDES, tmp_path / "x"))
+    generator_params = sum(p.numel() for p in model.generator.parameters())
+    assert "UnetGenerator" in out and get_human_readable_count(generator_params) in out
