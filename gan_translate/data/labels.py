@@ -100,6 +100,12 @@ def finish_item(label: torch.Tensor, photo: torch.Tensor, instances: torch.Tenso
     return item
 
 
+def _no_device_cache(kwargs: dict) -> None:
+    if kwargs.get("device_cache"):
+        raise DataError("data.device_cache keeps uint8 A/B images only; label and instance maps (pix2pixHD data) "
+                        "are not supported: leave data.device_cache=false")
+
+
 def _by_stem(folder: Path, suffix: str, what: str) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in list_images(folder, what=what):
@@ -196,6 +202,7 @@ class LabelFoldersDataModule(TranslationDataModule):
         instance_suffix: str = "",
         **kwargs,
     ) -> None:
+        _no_device_cache(kwargs)
         super().__init__(**kwargs)
         self.root, self.label_nc, self.instance = _require_root(root), label_nc, instance
         self.folders = {"label_dir": label_dir, "image_dir": image_dir, "instance_dir": instance_dir,
@@ -273,6 +280,7 @@ class SyntheticLabelFacadesDataModule(TranslationDataModule):
         if label_nc != len(FACADE_CLASSES):
             raise DataError(f"the synthetic facades have {len(FACADE_CLASSES)} classes ({', '.join(FACADE_CLASSES)}); "
                             f"data.label_nc must be {len(FACADE_CLASSES)}, got {label_nc}")
+        _no_device_cache(kwargs)
         kwargs.setdefault("preprocess", "none")
         super().__init__(**kwargs)
         self.size, self.seed, self.label_nc, self.instance = size, seed, label_nc, instance
