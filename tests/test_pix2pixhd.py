@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_train, read_metrics
+from conftest import compose_train, read_metrics, write_aligned
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -329,6 +329,19 @@ def test_two_stage_training_and_prediction(stage1, tmp_path):
     assert torch.allclose(translator(item["A"]), expected[0].clamp(-1, 1), atol=1e-5)
     saved = np.asarray(Image.open(tmp_path / "out" / "facade.png")).astype(np.float32)
     assert np.abs(saved - (expected[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).max() <= 1.0
+
+
+def test_facades_experiment_on_rgb_labels(tmp_path):
+    root = write_aligned(tmp_path / "facades", count=2, size=32)
+    overrides = [o for o in TINY_HD if not o.startswith(("experiment=", "data.size", "data.train_length", "data.val_length"))]
+    cfg = compose_train(["experiment=facades_pix2pixhd", *overrides, f"data.root={root}", "data.load_size=36",
+                         "data.crop_size=32", "loss.lambda_vgg=0"], tmp_path / "run")
+    assert (cfg.model.label_nc, cfg.model.instance, cfg.data.direction) == (0, False, "BtoA")
+    assert (cfg.loss.gan_mode, cfg.loss.lambda_feat, cfg.discriminator.num_D) == ("lsgan", 10, 2)
+    train(cfg)
+    translator = Translator.from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", device="cpu")
+    assert translator.input_nc == 3
+    assert translator(Image.open(root / "val" / "000.png").crop((32, 0, 64, 32))).size == (32, 32)
 
 
 def test_perceptual_network_is_frozen_and_not_saved(tmp_path):
