@@ -19,6 +19,7 @@ from gan_translate.data.datasets import (
     SkipBadImages,
     UnalignedDataset,
 )
+from gan_translate.data.resumable import resumable_loader
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
 from gan_translate.data.transforms import build_transform
 
@@ -85,15 +86,11 @@ class TranslationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if dataset is None:
             return []
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            drop_last=shuffle and self.drop_last,
-        )
+        workers = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                   "persistent_workers": self.persistent_workers}
+        if shuffle:  # training: its position is saved in checkpoints (exact mid-epoch resume)
+            return resumable_loader(dataset, batch_size, self.trainer, drop_last=self.drop_last, **workers)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **workers)
 
     def train_dataloader(self):
         return self._loader(self.train_set, self.batch_size, shuffle=True)
