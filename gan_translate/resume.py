@@ -2,19 +2,24 @@
 
 What a checkpoint holds, and who restores it on resume:
 - weights, both optimizers, LR schedulers, epoch/step counters, ModelCheckpoint state: Lightning;
+- the training loader's position (seed, epoch, samples consumed): Lightning, which saves and restores any
+  train loader with ``state_dict``/``load_state_dict``; the loader is torchdata's StatefulDataLoader, see
+  ``gan_translate.data.resumable``;
 - CycleGAN image pools: ``CycleGAN.on_save_checkpoint`` / ``on_load_checkpoint``;
 - Python, NumPy and torch (CPU and CUDA) random states: ``RandomStateCheckpoint`` below. Lightning does
-  not save them, so without it a resumed run reshuffles and re-augments differently from an
+  not save them, so without it a resumed run would draw other dropout masks and pool choices than an
   uninterrupted one (``seed_everything`` only seeds the start of a run).
 
-Resume is exact at epoch boundaries (where the per-epoch checkpoints are written): with ``seed`` set,
-``trainer.deterministic=true`` and ``num_workers=0`` or ``persistent_workers=false``, "train, kill,
-resume" ends with bit-identical weights to an uninterrupted run (tested on CPU). Persistent workers keep
-their own random state across epochs, which a resumed run cannot recover: the augmentations then differ
-(statistically the same). A mid-epoch checkpoint (``every_n_train_steps``, ``train_time_interval``)
-resumes with the right counters, weights and optimizer state, but Lightning starts a fresh shuffle for
-the rest of that epoch with plain DataLoaders (it only replays a sampler that has ``state_dict``), so the
-rest of that one epoch sees other samples than the uninterrupted run would have.
+The training loader draws nothing from these global states: each item is read under a seed of its own,
+derived from (run seed, epoch, index), so its crops, flips and CycleGAN's random B image are the same in
+any worker, with any ``num_workers``, before or after a resume.
+
+Resume is exact from every checkpoint, per-epoch or mid-epoch (``IntervalCheckpoint``, by steps or minutes):
+with ``seed`` set and ``trainer.deterministic=true``, "train, SIGKILL, resume" ends with bit-identical
+weights to an uninterrupted run, with or without (persistent) workers (tested on CPU for pix2pix and
+CycleGAN). An interval save that falls due at an epoch's last batch is written at that epoch's end instead
+(after its validation and scheduler step): Lightning resumes a checkpoint taken at the last batch straight
+into the next epoch, skipping them.
 """
 
 from __future__ import annotations
@@ -181,6 +186,7 @@ class IntervalCheckpoint(ModelCheckpoint):
         self.save_every_seconds = None if every_n_minutes is None else 60.0 * every_n_minutes
         self._next_step: int | None = None
         self._last_saved_at = time.monotonic()
+        self._save_at_epoch_end = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
@@ -203,10 +209,24 @@ class IntervalCheckpoint(ModelCheckpoint):
             ))
         if not due or self._should_skip_saving_checkpoint(trainer):
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._last_saved_at = time.monotonic()
         if self.save_every_steps:
             self._next_step = (step // self.save_every_steps + 1) * self.save_every_steps
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # The epoch's last batch: save once the epoch has ended (validation, scheduler step) instead.
+            # A run resumed from here would go straight to the next epoch, skipping that epoch end.
+            self._save_at_epoch_end = True
+            return
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Runs after the LightningModule's own hook (schedulers step there), like every ModelCheckpoint."""
+        if self._save_at_epoch_end and not self._should_skip_saving_checkpoint(trainer):
+            self._save(trainer)
+        self._save_at_epoch_end = False
+
+    def _save(self, trainer) -> None:
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_saved_at = time.monotonic()
 
 
 # ----- which checkpoint to resume from -----

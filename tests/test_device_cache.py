@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +54,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 def epochs(datamodule, seed: int, device: str = "cpu", count: int = 2) -> tuple[list[dict], list[dict]]:
     """(loader batches, batches on ``device``) of ``count`` epochs from ``seed``, as a Trainer fetches them."""
-    torch.manual_seed(seed)
-    random.seed(seed)
+    pl.seed_everything(seed)  # the run's seed: the shuffle and each item's augmentation seed derive from it
     datamodule.setup("fit")
-    loaded = [batch for _ in range(count) for batch in datamodule.train_dataloader()]
+    loaded = []
+    for epoch in range(count):
+        loader = datamodule.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # as the Trainer does
+        loaded += list(loader)
     return loaded, [datamodule.transfer_batch_to_device(batch, torch.device(device), 0) for batch in loaded]
 
 

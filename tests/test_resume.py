@@ -100,7 +100,8 @@ def test_atomic_write_keeps_old_checkpoint_on_failure_and_refuses_nan(tmp_path):
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     """A real `python -m gan_translate.train` killed with SIGKILL after an epoch checkpoint, then resumed."""
     args = [*TINY, "data.train_length=16", "trainer.max_epochs=6", "callbacks.periodic_checkpoint.every_n_epochs=1"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # One intra-op thread, as conftest sets for the in-process reference run: bit-identity needs the same kernels.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "gan_translate.train", *args, f"resume={run_dir}"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

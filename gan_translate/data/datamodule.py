@@ -25,6 +25,7 @@ from gan_translate.data.datasets import (
 )
 from gan_translate.data.device_cache import KEY as DEVICE_CACHE_KEY
 from gan_translate.data.device_cache import DeviceCache
+from gan_translate.data.resumable import resumable_loader
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
 from gan_translate.data.transforms import CROPPING_MODES, build_transform
 
@@ -127,15 +128,11 @@ class TranslationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if dataset is None:
             return []
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            drop_last=shuffle and self.drop_last,
-        )
+        workers = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                   "persistent_workers": self.persistent_workers}
+        if shuffle:  # training: its position is saved in checkpoints (exact mid-epoch resume)
+            return resumable_loader(dataset, batch_size, self.trainer, drop_last=self.drop_last, **workers)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **workers)
 
     def train_dataloader(self):
         if self.train_cache is not None:
