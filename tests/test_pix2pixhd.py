@@ -331,6 +331,20 @@ def test_two_stage_training_and_prediction(stage1, tmp_path):
     assert np.abs(saved - (expected[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).max() <= 1.0
 
 
+def test_resumed_local_stage_keeps_its_weights_without_the_stage1_file(stage1, tmp_path):
+    copy = tmp_path / "stage1.ckpt"
+    copy.write_bytes(stage1.read_bytes())
+    stage2 = [*TINY_HD, *LOCAL, f"model.global_ckpt={copy}", "model.fix_global_epochs=1", "trainer.max_epochs=2"]
+    train(compose_train([*stage2, "trainer.max_steps=4"], tmp_path / "a"))  # the frozen epoch only
+    copy.unlink()
+    first = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    train(compose_train([*stage2, f"ckpt_path={first}"], tmp_path / "b"))
+    before, after = load_checkpoint(first)["state_dict"], load_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert after["epoch"] == 1
+    g1 = [k for k in before if ".global_features." in k]
+    assert g1 and all(not torch.equal(before[k], after["state_dict"][k]) for k in g1)  # resumed, then joint
+
+
 def test_facades_experiment_on_rgb_labels(tmp_path):
     root = write_aligned(tmp_path / "facades", count=2, size=32)
     overrides = [o for o in TINY_HD if not o.startswith(("experiment=", "data.size", "data.train_length", "data.val_length"))]

@@ -160,12 +160,14 @@ class Pix2PixHD(GANModule):
 
     # ----- coarse-to-fine -----
     def setup(self, stage: str) -> None:
-        # Before Lightning restores a resumed checkpoint, which then wins over the stage-1 weights.
-        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
-        if stage == "fit" and self.global_ckpt and not resuming:
-            self.load_global_generator(self.global_ckpt)
         if stage == "fit":
             self.perceptual_loss()  # a missing VGG weights file fails here, before any training
+
+    def on_fit_start(self) -> None:
+        # After a resumed checkpoint is restored (trainer.ckpt_path is known by now): a resumed stage 2 keeps
+        # its own weights and does not need the stage-1 file any more. Every DDP rank loads the same file.
+        if self.global_ckpt and self.trainer.ckpt_path is None:
+            self.load_global_generator(self.global_ckpt)
 
     def load_global_generator(self, path: str) -> None:
         """G1's weights from a stage-1 checkpoint written by ``gan_translate.train`` (``model.global_ckpt``)."""
