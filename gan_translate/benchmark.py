@@ -50,7 +50,9 @@ from gan_translate.checkpoint import build_model
 from gan_translate.config import CONF_DIR
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.image_pool import ImagePool
+from gan_translate.networks.pix2pixhd import encode_label_ids
 from gan_translate.translator import FrozenCompiled
+from gan_translate.weights import fetch_command, find_weights
 
 TARGET_NAMES = ("best_throughput", "fp32_throughput", "inference_speedup", "memory_ratio")
 FIGURE_KEYS = ("s_per_iteration", "generator_forward_s", "peak_rss_gb")
@@ -84,10 +86,34 @@ MODES = {  # precision, channels_last, compile, data.device_cache
 MODEL_OVERRIDES = {
     "pix2pix": ["~experiment", "model=pix2pix", "generator=unet_256"],  # no demo widths
     "cyclegan": ["experiment=shapes_cyclegan", "generator=resnet_9blocks"],
+    # The Cityscapes experiment (bench.pix2pixhd.experiment) on the embedded label maps: its file-layout keys
+    # go, its networks, losses, label_nc 35 and instance edges stay. The local stage trains G1 and G2 jointly.
+    "pix2pixhd": ["~data.label_suffix", "~data.image_suffix", "~data.instance_suffix", "data.preprocess=none",
+                  "model.global_ckpt=null", "model.fix_global_epochs=0"],
 }
 # Data of the training modes: the embedded synthetic sets, or real data in the papers' layouts (data_root).
-SYNTHETIC_DATA = {"pix2pix": "synthetic_facades", "cyclegan": "synthetic_shapes"}
+SYNTHETIC_DATA = {"pix2pix": "synthetic_facades", "cyclegan": "synthetic_shapes",
+                  "pix2pixhd": "synthetic_label_facades"}
 REAL_DATA = {"pix2pix": ["data=aligned", "data.direction=BtoA"], "cyclegan": ["data=unaligned"]}
+# Modes a model's data cannot take: the pix2pixHD label/instance data has no device cache.
+UNSUPPORTED_MODES = {"pix2pixhd": {"device_cache": "pix2pixHD label/instance data has no data.device_cache"}}
+
+
+def image_size(bench: DictConfig, model: str) -> tuple[int, int]:
+    """(height, width) of the benchmark's images: ``size`` squares, pix2pixHD's own ``pix2pixhd.height/width``."""
+    if model == "pix2pixhd":
+        return int(bench.pix2pixhd.height), int(bench.pix2pixhd.width)
+    return int(bench.size), int(bench.size)
+
+
+def perceptual_setting(model: str) -> dict | None:
+    """pix2pixHD's VGG19 term: on (lambda_vgg of the experiment) with the cached weights, else switched off."""
+    if model != "pix2pixhd":
+        return None
+    if find_weights("vgg") is not None:
+        return {"vgg_weights": str(find_weights("vgg")), "overrides": []}
+    return {"vgg_weights": None, "overrides": ["loss.lambda_vgg=0"],
+            "note": f"no VGG19 weights ({fetch_command('vgg')}): perceptual loss off (lambda_vgg=0)"}
 
 
 def data_root_for(bench: DictConfig, model: str) -> str | None:
@@ -100,9 +126,12 @@ def data_overrides(bench: DictConfig, model: str, steps: int, workers: int) -> l
     """The data of a run of ``steps`` batches: real files under data_root (the papers' 286/256 resize and crop,
     scaled to ``size``) with ``workers`` loader workers, else ``steps`` synthetic batches rendered in-process."""
     root = data_root_for(bench, model)
+    height, width = image_size(bench, model)
     if root is None:
-        return [f"data={SYNTHETIC_DATA[model]}", f"data.size={bench.size}", "data.num_workers=0",
-                f"data.train_length={steps * bench.batch_size}"]
+        return [f"data={SYNTHETIC_DATA[model]}", f"data.size={height}", "data.num_workers=0",
+                f"data.train_length={steps * bench.batch_size}", *([f"data.width={width}"] if width != height else [])]
+    if model not in REAL_DATA:
+        raise ValueError(f"benchmark data_root: {model} runs on embedded data only; leave data_root.{model} unset")
     return [*REAL_DATA[model], f"data.root={root}", f"data.num_workers={workers}", f"data.crop_size={bench.size}",
             f"data.load_size={round(bench.size * 286 / 256)}"]
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -113,15 +142,16 @@ def model_config(bench: DictConfig, model: str, setting: tuple = MODES["fp32"],
     """The training config the benchmark runs: train.yaml with paper widths, a MODES ``setting`` and ``data``
     (data_overrides; default: a few synthetic batches)."""
     precision, channels_last, compile, device_cache = setting
-    overrides = [*MODEL_OVERRIDES[model]]
+    overrides = [f"experiment={bench.pix2pixhd.experiment}"] if model == "pix2pixhd" else []
+    overrides += [*MODEL_OVERRIDES[model], *(perceptual_setting(model) or {"overrides": []})["overrides"]]
     if model == "pix2pix" and bench.size < 256:  # the U-Net halves down to 1x1
         overrides.append(f"generator.num_downs={int(math.log2(bench.size))}")
     overrides += [
             f"generator.ngf={bench.ngf}", f"discriminator.ndf={bench.ndf}",
             f"model.channels_last={channels_last}", f"model.compile={compile}", f"trainer.precision={precision}",
-            *(data or [f"data={SYNTHETIC_DATA[model]}", f"data.size={bench.size}", "data.num_workers=0",
-                       f"data.train_length={(bench.warmup + bench.iterations + 1) * bench.batch_size}"]),
-            f"data.batch_size={bench.batch_size}", f"data.device_cache={device_cache}",
+            *(data or data_overrides(bench, model, bench.warmup + bench.iterations + 1, 0)),
+            f"data.batch_size={bench.batch_size}",
+            *([] if "device_cache" in UNSUPPORTED_MODES.get(model, {}) else [f"data.device_cache={device_cache}"]),
             "paths.output_dir=benchmark_unused",
     ]
     if GlobalHydra.instance().is_initialized():  # inside @hydra.main: same config dir
@@ -224,7 +254,7 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
         generator = copy.deepcopy(generator)
         generator._compiled_call_impl = None  # the training-time compile (no freezing) of the same module
         generator = FrozenCompiled(generator.requires_grad_(False))
-    images = torch.rand(bench.batch_size, model.source_channels(), bench.size, bench.size, device=model.device) * 2 - 1
+    images = inference_images(model, (bench.batch_size, model.source_channels(), *image_size(bench, model_name)))
     forward_s = time_inference(bench, generator, model.prepare(images), precision)
     result = {
         "model": model_name, "mode": mode, "precision": precision, "channels_last": channels_last,
@@ -238,6 +268,14 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     if device.type == "cuda":
         result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
+
+
+def inference_images(model, shape: tuple[int, ...]) -> torch.Tensor:
+    """Random generator inputs in [-1, 1]: images, or label maps of valid class ids (pix2pixHD's label_nc)."""
+    label_nc = getattr(model, "label_nc", 0)
+    if label_nc:
+        return encode_label_ids(torch.randint(0, label_nc, shape, device=model.device))
+    return torch.rand(shape, device=model.device) * 2 - 1
 
 
 def time_inference(bench: DictConfig, generator: torch.nn.Module, images: torch.Tensor, precision: str) -> float:
@@ -437,16 +475,19 @@ def choose_best(results: list[dict]) -> tuple:
 
 def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | None, loops: list[dict],
               figures: dict | None = None, targets_wanted: dict | None = None) -> dict:
-    """Ratios of every mode to the loop measured here (``loop_*``) and, given ``figures``, to those; targets."""
+    """Ratios of every mode to the loop measured here (``loop_*``) and, given ``figures``, to those; targets.
+    ``loops`` is empty for a model without a reference loop (pix2pixHD): then no ``loop_*`` ratios."""
     reference = figures
-    loop = {key: sum(run[key] for run in loops) / len(loops)
-            for key in ("s_per_iteration", "generator_forward_s", "peak_rss_gb")}
-    loop["runs"] = loops
-    # How much the machine drifted between the loop run before the modes and the one after them.
-    loop["drift"] = loops[-1]["s_per_iteration"] / loops[0]["s_per_iteration"]
+    loop = None
+    if loops:
+        loop = {key: sum(run[key] for run in loops) / len(loops)
+                for key in ("s_per_iteration", "generator_forward_s", "peak_rss_gb")}
+        loop["runs"] = loops
+        # How much the machine drifted between the loop run before the modes and the one after them.
+        loop["drift"] = loops[-1]["s_per_iteration"] / loops[0]["s_per_iteration"]
     by_mode = {r["mode"]: r for r in results}
     peak_by_precision = {"32-true": peaks["fp32"], "bf16-mixed": peaks["bf16"], "16-mixed": peaks.get("fp16", peaks["bf16"])}
-    baselines = (("loop_", loop),) if reference is None else (("", reference), ("loop_", loop))
+    baselines = ((("", reference),) if reference is not None else ()) + ((("loop_", loop),) if loop else ())
     for r in results:
         for prefix, base in baselines:
             r[f"{prefix}throughput_ratio"] = base["s_per_iteration"] / r["s_per_iteration"]
@@ -455,13 +496,13 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
         if flops:
             r["achieved_gflops"] = flops / r["s_per_iteration"] / 1e9
             r["fraction_of_matmul_peak"] = r["achieved_gflops"] / peak_by_precision[r["precision"]]
-    if flops:
+    if flops and loop:
         loop["achieved_gflops"] = flops / loop["s_per_iteration"] / 1e9
         loop["fraction_of_matmul_peak"] = loop["achieved_gflops"] / peaks["fp32"]
     # The fp32 ceiling: seconds if every FLOP ran at the measured fp32 matmul peak. No fp32 mode can beat
     # it, so a target above baseline / ceiling needs lower precision (bf16/fp16 hardware) or less work.
     ceiling_s = {"throughput": flops / (peaks["fp32"] * 1e9) if flops else None,
-                 "inference": loops[0]["generator_forward_flops"] / (peaks["fp32"] * 1e9)}
+                 "inference": loops[0]["generator_forward_flops"] / (peaks["fp32"] * 1e9) if loops else None}
     fastest = min(results, key=lambda r: r["s_per_iteration"])
     best = by_mode.get("best", fastest)
     best = fastest if fastest["s_per_iteration"] < best["s_per_iteration"] else best
@@ -472,9 +513,9 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
     targets = {}
     for name, wanted in (targets_wanted or {}).items():
         r, key = chosen[name]
-        target = {"mode": r["mode"], "target": wanted, "loop_ratio": r[f"loop_{key}"]}
-        if reference is not None:
-            target["ratio"] = r[key]
+        target = {"mode": r["mode"], "target": wanted}
+        for prefix, _ in baselines:
+            target[f"{prefix}ratio"] = r[f"{prefix}{key}"]
         kind = "inference" if name == "inference_speedup" else "throughput" if name != "memory_ratio" else None
         field = "generator_forward_s" if kind == "inference" else "s_per_iteration"
         for prefix, base in baselines:
@@ -506,20 +547,21 @@ def format_table(report: dict) -> str:
             lines.append(f"{model_name:9} {'reference/file':15} {ref['s_per_iteration']:8.3f} {'':8} "
                          f"{1 / ref['s_per_iteration']:7.2f} {1.0:6.2f} {'':6} {ref['generator_forward_s'] * 1e3:9.1f} "
                          f"{1.0:6.2f} {'':6} {ref['peak_rss_gb']:7.2f} {1.0:5.2f}")
-        lines.append(f"{model_name:9} {'reference/loop':15} {loop['s_per_iteration']:8.3f} {'':8} "
-                     f"{1 / loop['s_per_iteration']:7.2f} "
-                     f"{ratio(get('s_per_iteration') or nan, loop['s_per_iteration']):6.2f} {1.0:6.2f} "
-                     f"{loop['generator_forward_s'] * 1e3:9.1f} "
-                     f"{ratio(get('generator_forward_s') or nan, loop['generator_forward_s']):6.2f} "
-                     f"{1.0:6.2f} {loop['peak_rss_gb']:7.2f} {ratio(loop['peak_rss_gb'], get('peak_rss_gb')):5.2f} "
-                     f"{loop.get('achieved_gflops', nan):8.1f} {100 * loop.get('fraction_of_matmul_peak', nan):6.1f}")
+        if loop is not None:
+            lines.append(f"{model_name:9} {'reference/loop':15} {loop['s_per_iteration']:8.3f} {'':8} "
+                         f"{1 / loop['s_per_iteration']:7.2f} "
+                         f"{ratio(get('s_per_iteration') or nan, loop['s_per_iteration']):6.2f} {1.0:6.2f} "
+                         f"{loop['generator_forward_s'] * 1e3:9.1f} "
+                         f"{ratio(get('generator_forward_s') or nan, loop['generator_forward_s']):6.2f} "
+                         f"{1.0:6.2f} {loop['peak_rss_gb']:7.2f} {ratio(loop['peak_rss_gb'], get('peak_rss_gb')):5.2f} "
+                         f"{loop.get('achieved_gflops', nan):8.1f} {100 * loop.get('fraction_of_matmul_peak', nan):6.1f}")
         for r in summary["modes"]:
             with_data = r.get("s_per_iteration_with_data")
             line = (f"{model_name:9} {r['mode']:15} {r['s_per_iteration']:8.3f} {with_data or nan:8.3f} "
                     f"{r['images_per_s']:7.2f} "
-                    f"{r.get('throughput_ratio', nan):6.2f} {r['loop_throughput_ratio']:6.2f} "
+                    f"{r.get('throughput_ratio', nan):6.2f} {r.get('loop_throughput_ratio', nan):6.2f} "
                     f"{r['generator_forward_s'] * 1e3:9.1f} {r.get('inference_speedup', nan):6.2f} "
-                    f"{r['loop_inference_speedup']:6.2f} {r['peak_rss_gb']:7.2f} {r.get('memory_ratio', nan):5.2f} "
+                    f"{r.get('loop_inference_speedup', nan):6.2f} {r['peak_rss_gb']:7.2f} {r.get('memory_ratio', nan):5.2f} "
                     f"{r.get('achieved_gflops', nan):8.1f} {100 * r.get('fraction_of_matmul_peak', nan):6.1f}")
             if gpu:
                 line += f" {r.get('peak_gpu_memory_gb', nan):7.2f}"
@@ -530,15 +572,19 @@ def format_table(report: dict) -> str:
             lines.append(f"{'':9} full recipe ({projection['iterations']} iterations) at {projection['mode']}: "
                          f"{projection['minutes']:.1f} min (s/iteration with data; without compile warm-up, "
                          "validation, checkpoints)")
+        drift = (f"reference loop drift (after/before the modes) {loop['drift']:.2f}x" if loop is not None
+                 else "no reference loop for this model")
         lines.append(f"{'':9} data wait: {data['s_per_batch'] * 1e3:.1f} ms/batch ({data['source']}) = "
-                     f"{100 * data['fraction_of_step']:.1f}% of the best step; reference loop drift "
-                     f"(after/before the modes) {loop['drift']:.2f}x")
+                     f"{100 * data['fraction_of_step']:.1f}% of the best step; {drift}")
+        if summary.get("notes"):
+            lines.extend(f"{'':9} {note}" for note in summary["notes"])
         for name, target in summary["targets"].items():
             op = "<=" if name == "memory_ratio" else ">="
             line = f"{'':9} target {name:18} {target['mode']:15} {op} {target['target']:.1f}x:"
             if "ratio" in target:
                 line += f" vs reference file {target['ratio']:5.2f}x {'PASS' if target['passed'] else 'MISS'},"
-            line += f" vs loop {target['loop_ratio']:5.2f}x {'PASS' if target['loop_passed'] else 'MISS'}"
+            if "loop_ratio" in target:
+                line += f" vs loop {target['loop_ratio']:5.2f}x {'PASS' if target['loop_passed'] else 'MISS'}"
             if "loop_fp32_ceiling" in target:
                 line += f"  (fp32 ceiling here: {target.get('fp32_ceiling', nan):.2f}x / {target['loop_fp32_ceiling']:.2f}x)"
             lines.append(line)
@@ -572,22 +618,38 @@ def run(bench: DictConfig) -> dict:
         modes.remove("bf16")
         report["skipped"]["bf16"] = (f"bf16 matmul {peaks['bf16']:.1f} GFLOP/s vs fp32 {peaks['fp32']:.1f}: "
                                      "no native bf16 on this CPU (force_bf16=true times it anyway)")
-    unknown = [m for m in bench.models if m not in REFERENCE_STEPS]
+    unknown = [m for m in bench.models if m not in MODEL_OVERRIDES]
     if unknown:
-        raise ValueError(f"benchmark models: unknown {unknown}; choose from {sorted(REFERENCE_STEPS)}")
+        raise ValueError(f"benchmark models: unknown {unknown}; choose from {sorted(MODEL_OVERRIDES)}")
     reference = load_reference(bench.get("reference"), list(bench.models))
     for model_name in bench.models:
-        loops = [call(run_reference_loop, bench, device, model_name)]
+        # A model without a reference loop (pix2pixHD) reports its own timings and memory only.
+        has_loop = model_name in REFERENCE_STEPS
+        loops = [call(run_reference_loop, bench, device, model_name)] if has_loop else []
         results: list[dict] = []
         for mode in modes:
+            if mode in UNSUPPORTED_MODES.get(model_name, {}):
+                report["skipped"][f"{model_name}/{mode}"] = UNSUPPORTED_MODES[model_name][mode]
+                continue
             setting = choose_best(results) if mode == "best" else MODES[mode]
             print(f"[benchmark] {model_name} {mode} {setting}", file=sys.stderr, flush=True)
             first = mode == "fp32"
             results.append(call(run_mode, bench, device, model_name, mode, setting, first, first and bench.profile))
-        loops.append(call(run_reference_loop, bench, device, model_name))
+        if has_loop:
+            loops.append(call(run_reference_loop, bench, device, model_name))
         flops = results[0]["flops_per_iteration"]
         summary = summarise(model_name, results, report["matmul_peak_gflops"], flops, loops,
                             reference["figures"].get(model_name), reference["targets"])
+        summary["image_size"] = list(image_size(bench, model_name))  # height, width
+        perceptual = perceptual_setting(model_name)
+        if perceptual is not None:
+            cfg = model_config(bench, model_name)
+            summary["setting"] = {"experiment": bench.pix2pixhd.experiment,
+                                  "generator": cfg.generator._target_.rsplit(".", 1)[-1],
+                                  "num_D": cfg.discriminator.num_D, "label_nc": cfg.data.label_nc,
+                                  "instance": cfg.data.instance, "lambda_feat": cfg.loss.lambda_feat,
+                                  "lambda_vgg": cfg.loss.lambda_vgg, "vgg_weights": perceptual["vgg_weights"]}
+            summary["notes"] = [perceptual["note"]] if "note" in perceptual else []
         summary["data_wait"] = call(data_wait, bench, model_name)
         best_step = min(r["s_per_iteration"] for r in results)
         summary["data_wait"]["fraction_of_step"] = summary["data_wait"]["s_per_batch"] / best_step
@@ -611,7 +673,8 @@ def recipe_projection(bench: DictConfig, model_name: str, results: list[dict]) -
 def where_time_goes(report: dict) -> str:
     lines = []
     for model_name, summary in report["models"].items():
-        missed = [name for name, t in summary["targets"].items() if not (t.get("passed", True) and t["loop_passed"])]
+        missed = [name for name, t in summary["targets"].items()
+                  if not (t.get("passed", True) and t.get("loop_passed", True))]
         if not missed:
             continue
         fp32 = summary["modes"][0]

@@ -16,7 +16,7 @@ from conftest import compose_train, write_aligned
 from hydra.utils import instantiate
 from tiny_runs import tiny_config
 
-from gan_translate.benchmark import REFERENCE_STEPS, load_reference, run
+from gan_translate.benchmark import REFERENCE_STEPS, format_table, load_reference, run
 from gan_translate.checkpoint import build_model
 from gan_translate.models.image_pool import ImagePool
 
@@ -152,3 +152,29 @@ def test_benchmark_device_cache_on_real_files(tmp_path):
     projection = summary["recipe_projection"]
     fastest = min(r["s_per_iteration_with_data"] for r in summary["modes"])
     assert projection["iterations"] == 100 and math.isclose(projection["minutes"], 100 * fastest / 60)
+
+
+def test_benchmark_pix2pixhd_reports_memory_without_a_reference_loop(tmp_path):
+    """models=[pix2pixhd]: the Cityscapes setting (label_nc 35 + instance edges, G1, 2 D scales) on embedded
+    non-square label maps trains in a real Trainer and reports s/iteration and peak memory, with no reference loop
+    (so no loop ratios); its data has no device cache, so that mode is skipped. In-process."""
+    bench = compose_train([*TINY, "models=[pix2pixhd]", "modes=[fp32,device_cache]", "isolate=false",
+                           "pix2pixhd.height=64", "pix2pixhd.width=128"], config_name="benchmark")
+    report = run(bench)
+    summary = report["models"]["pix2pixhd"]
+    assert summary["reference_loop"] is None and summary["targets"] == {}
+    assert summary["image_size"] == [64, 128]
+    setting = summary["setting"]
+    assert (setting["generator"], setting["num_D"], setting["label_nc"], setting["instance"]) == (
+        "GlobalGenerator", 2, 35, True)
+    # The tests' weights cache is empty: the perceptual term is switched off, and the report says so.
+    assert setting["lambda_vgg"] == 0 and "lambda_vgg=0" in summary["notes"][0]
+    assert [r["mode"] for r in summary["modes"]] == ["fp32"]
+    assert "device_cache" in report["skipped"]["pix2pixhd/device_cache"]
+    r = summary["modes"][0]
+    assert r["s_per_iteration"] > 0 and r["generator_forward_s"] > 0 and r["flops_per_iteration"] > 0
+    assert 0 < r["peak_rss_gb"] < 64
+    assert not any(key.startswith("loop_") for key in r)
+    report["environment"]["device"] = "cpu"
+    table = format_table(report)
+    assert "no reference loop for this model" in table and "reference/loop" not in table

@@ -255,40 +255,50 @@ def facade_label_maps(label_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 class SyntheticLabelFacades(Dataset):
-    """``SyntheticFacades`` with the pix2pixHD inputs: label ids (6 classes) and instance maps."""
+    """``SyntheticFacades`` with the pix2pixHD inputs: label ids (6 classes) and instance maps.
+
+    ``width`` wider than ``size`` (the height) renders a street: square facades side by side, cropped to width."""
 
     def __init__(self, length: int = 400, size: int = 64, split: str = "train", seed: int = 0,
-                 instance: bool = True, transform: Callable | None = None) -> None:
+                 instance: bool = True, transform: Callable | None = None, width: int | None = None) -> None:
         self.length, self.size, self.split, self.seed = length, size, split, seed
-        self.instance, self.transform = instance, transform
+        self.instance, self.transform, self.width = instance, transform, width or size
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        label_rgb, photo = render_facade(self.size, _generator(self.seed, self.split, index))
+        gen = _generator(self.seed, self.split, index)
+        tiles = [render_facade(self.size, gen) for _ in range(-(-self.width // self.size))]
+        label_rgb, photo = (torch.cat(parts, 2)[:, :, : self.width] for parts in zip(*tiles, strict=True))
         ids, instances = facade_label_maps(label_rgb)
         return finish_item(ids[None].to(torch.uint8), photo, instances[None].to(torch.int32) if self.instance else None,
                            len(FACADE_CLASSES), self.transform, f"{self.split}_{index:05d}", "synthetic facades")
 
 
 class SyntheticLabelFacadesDataModule(TranslationDataModule):
-    """The embedded pix2pixHD data: facade label maps (6 classes) + instance maps -> facade photos."""
+    """The embedded pix2pixHD data: facade label maps (6 classes) + instance maps -> facade photos, ``size``
+    high and ``width`` wide (None: square). A ``label_nc`` above 6 gives the networks a dataset's class count
+    (e.g. Cityscapes' 35, for benchmarks); the extra classes never occur."""
 
     def __init__(self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0,
-                 label_nc: int = len(FACADE_CLASSES), instance: bool = True, **kwargs) -> None:
-        if label_nc != len(FACADE_CLASSES):
+                 label_nc: int = len(FACADE_CLASSES), instance: bool = True, width: int | None = None,
+                 **kwargs) -> None:
+        if not len(FACADE_CLASSES) <= label_nc <= MAX_LABEL_NC:
             raise DataError(f"the synthetic facades have {len(FACADE_CLASSES)} classes ({', '.join(FACADE_CLASSES)}); "
-                            f"data.label_nc must be {len(FACADE_CLASSES)}, got {label_nc}")
+                            f"data.label_nc must be {len(FACADE_CLASSES)}..{MAX_LABEL_NC}, got {label_nc}")
+        if width is not None and width < 1:
+            raise DataError(f"data.width must be a positive number of pixels or null (square), got {width}")
         _no_device_cache(kwargs)
         kwargs.setdefault("preprocess", "none")
         super().__init__(**kwargs)
         self.size, self.seed, self.label_nc, self.instance = size, seed, label_nc, instance
+        self.width = width or size
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
 
     def source_image_size(self) -> tuple[int, int]:
-        return self.size, self.size
+        return self.size, self.width
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         return SyntheticLabelFacades(self.lengths[split], self.size, split, self.seed, self.instance,
-                                     self.transform(train))
+                                     self.transform(train), self.width)
