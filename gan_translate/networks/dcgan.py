@@ -45,6 +45,26 @@ def label_input(labels: torch.Tensor | None, num_classes: int, who: str) -> torc
     return labels
 
 
+def downsampling_trunk(in_channels: int, image_size: int, width: int, norm: str) -> tuple[nn.Sequential, tuple]:
+    """Strided 4x4 convs halving the size down to the ``base`` map, doubling the width from ``width``, batch
+    norm (not on the input layer, as in DCGAN) and LeakyReLU 0.2. Returns the trunk and its output shape."""
+    base, doublings = size_plan(image_size)
+    make_norm, bias = norm_layer(norm), uses_bias(norm)
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, width, kernel_size=4, stride=2, padding=1),
+        nn.LeakyReLU(0.2, True),
+    ]
+    channels = width
+    for _ in range(doublings - 1):
+        layers += [
+            nn.Conv2d(channels, channels * 2, kernel_size=4, stride=2, padding=1, bias=bias),
+            make_norm(channels * 2),
+            nn.LeakyReLU(0.2, True),
+        ]
+        channels *= 2
+    return nn.Sequential(*layers), (channels, base, base)
+
+
 class DCGANGenerator(nn.Module):
     """G(z[, y]) -> ``N x output_nc x image_size x image_size`` in [-1, 1]."""
 
@@ -118,23 +138,9 @@ class DCGANDiscriminator(nn.Module):
             )
         self.conditioning = conditioning
         self.num_classes = num_classes if conditioning != "none" else 0
-        base, doublings = size_plan(image_size)
-        make_norm, bias = norm_layer(norm), uses_bias(norm)
         in_channels = input_nc + (num_classes if conditioning == "concat" else 0)
-        layers: list[nn.Module] = [  # no norm on D's input layer (DCGAN)
-            nn.Conv2d(in_channels, ndf, kernel_size=4, stride=2, padding=1),
-            nn.LeakyReLU(0.2, True),
-        ]
-        channels = ndf
-        for _ in range(doublings - 1):
-            layers += [
-                nn.Conv2d(channels, channels * 2, kernel_size=4, stride=2, padding=1, bias=bias),
-                make_norm(channels * 2),
-                nn.LeakyReLU(0.2, True),
-            ]
-            channels *= 2
-        self.trunk = nn.Sequential(*layers)
-        self.feature_shape = (channels, base, base)
+        self.trunk, self.feature_shape = downsampling_trunk(in_channels, image_size, ndf, norm)
+        channels, base, _ = self.feature_shape
         self.head = nn.Conv2d(channels, 1, kernel_size=base)  # the whole last map -> one score
         self.embedding = nn.Embedding(num_classes, channels) if conditioning == "projection" else None
         init_weights(self, init_type, init_gain)
