@@ -172,11 +172,10 @@ class InfoGAN(GenerativeGAN):
             losses = {"loss_D": self.loss.gan.discriminator_loss(real_scores, fake_scores)}
             if self.loss.uses_gradient_penalty:
                 losses["loss_D_GP"] = self.loss.lambda_gp * gradient_penalty(self.discriminator, real, fake)
-            d_terms = dict(losses)
             if self.info_in_discriminator_step:
                 info = self.loss.information_terms(self.q_head(fake_features), code, continuous)
-                d_terms.update({f"{name}_D": value for name, value in info.items()})
-            self.optimization_step(opt_d, sum(d_terms.values()), d_terms)
+                losses.update({f"{name}_D": value for name, value in info.items()})
+            self.optimization_step(opt_d, sum(losses.values()), losses)
 
         # 2) G and Q: fool D, and keep the codes readable by Q (minimise -lambda * L_I).
         with self.updating(opt_g):

@@ -29,7 +29,7 @@ def size_plan(image_size: int, key: str = "data.image_size") -> tuple[int, int]:
     base, doublings = image_size, 0
     while base % 2 == 0 and base > 7:
         base, doublings = base // 2, doublings + 1
-    if image_size < 6 or doublings == 0 or base < 3:
+    if doublings == 0 or not 3 <= base <= 7:
         raise ValueError(
             f"{key}={image_size}: DCGAN networks need base * 2**n pixels with base 3..7 and n >= 1 "
             "(e.g. 16, 28, 32, 48, 64, 128)"
