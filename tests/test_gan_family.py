@@ -30,7 +30,9 @@ RUN = [
 TINY = {
     "dcgan": ["experiment=demo_dcgan", "discriminator.ndf=8"],
     "cgan": ["experiment=demo_cgan", "discriminator.ndf=8"],
-    "infogan": ["experiment=demo_infogan", "discriminator.ndf=8", "model.q_hidden=16", "model.noise_dim=8"],
+    # Also the switches: the information loss in D's step, a fully connected feature layer shared by D and Q.
+    "infogan": ["experiment=demo_infogan", "discriminator.ndf=8", "model.q_hidden=16", "model.noise_dim=8",
+                "model.info_in_discriminator_step=true", "discriminator.fc_features=16", "model.generator_lr=0.001"],
     "aae": ["experiment=demo_aae", "model.encoder.nef=8", "discriminator.hidden=16", "model.latent_dim=4"],
 }
 LOSSES = {
