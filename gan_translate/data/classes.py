@@ -12,6 +12,7 @@ Every item is ``{"image": float tensor C x H x W in [-1, 1], "label": int}``, so
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -58,11 +59,12 @@ class ClassFolderDataset(Dataset):
         unknown = sorted(set(present) - set(classes))
         if unknown:
             raise DataError(f"{folder} has class folders that the train split lacks: {unknown}; known: {classes}")
-        self.items = [
-            (path, classes.index(name))
+        per_class = [
+            [(path, classes.index(name)) for path in list_images(folder / name, f"class {name!r} of the {folder.name} split")]
             for name in present
-            for path in list_images(folder / name, what=f"class {name!r} of the {folder.name} split")
         ]
+        # Round-robin over the classes: the first items (what sample grids show) cover every class.
+        self.items = [item for group in itertools.zip_longest(*per_class) for item in group if item is not None]
         self.channels, self.transform, self.classes = channels, transform, classes
 
     def __len__(self) -> int:
