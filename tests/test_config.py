@@ -11,6 +11,7 @@ from conftest import (
     TINY_CYCLEGAN_OVERRIDES,
     TINY_OVERRIDES,
     compose_train,
+    random_rgb,
     run_module,
     write_aligned,
     write_unaligned,
@@ -19,6 +20,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+from PIL import Image
 
 from gan_translate.checkpoint import build_model
 from gan_translate.data import AlignedDataModule, UnalignedDataModule
@@ -74,8 +76,17 @@ def test_every_option_composes(group, option, tmp_path):
     # Options of another method (a CycleGAN loss, a DCGAN generator ...) are composed in the embedded-data
     # experiment that uses them; the others in the default one (experiment=demo, pix2pix).
     experiment = embedded_experiment_for(group, option) if group != "experiment" else None
+    recipe = experiment or (option if group == "experiment" else "")
+    if recipe.endswith("aae"):  # the adversarial autoencoder's latent discriminator has no ndf
+        overrides = [f"{prefix}{group}={option}", "generator.ngf=4", "model.encoder.nef=4"]
     if experiment:
         overrides.insert(0, f"experiment={experiment}")
+    if group in ("data", "experiment") and option in ("image_folder", "mnist_dcgan", "mnist_cgan", "mnist_infogan",
+                                                      "mnist_aae"):
+        for digit in range(10):  # class folders root/train/0..9
+            (tmp_path / "root" / "train" / str(digit)).mkdir(parents=True)
+            Image.fromarray(random_rgb(28, 28, digit)).save(tmp_path / "root" / "train" / str(digit) / "0.png")
+        overrides.append(f"data.root={tmp_path / 'root'}")
     if group in ("data", "experiment") and option in (
         "aligned", "paired_folders", "facades_pix2pix", "facades_pix2pixhd", "facades_pix2pixhd_local"
     ):
