@@ -123,3 +123,43 @@ class LossProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return {name.removeprefix("train/").removeprefix("loss_"): value for name, value in metrics.items()}
+
+
+def send_image(trainer, key: str, image: torch.Tensor, caption: str | None = None) -> None:
+    """Send one image (C x H x W in [0, 1]) to every image-capable logger (W&B, TensorBoard)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[image], caption=[caption or key])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, image, global_step=trainer.current_epoch)
+
+
+class ModelFigures(pl.Callback):
+    """After validation (or each training epoch when there is none), write the model's extra pictures,
+    ``pl_module.figures() -> {name: C x H x W in [0, 1]}`` (latent traversals, latent scatter plots ...), as
+    ``<dirpath>/<name>_epoch_XXXX.png`` and send them to image-capable loggers. Models without ``figures``
+    are left alone."""
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.val_dataloaders:
+            self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if not hasattr(pl_module, "figures") or epoch % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        with pl_module.evaluating(), torch.no_grad():
+            figures = pl_module.figures()
+        if figures:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        for name, image in figures.items():
+            save_image(image, self.dirpath / f"{name}_epoch_{epoch:04d}.png")
+            send_image(trainer, name, image)
