@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -155,3 +156,80 @@ def test_generative_metrics_resizes_samples_and_rejects_bad_labels(classes_root,
         GenerativeMetrics(model).update(images[:2], labels=torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="needs a classifier or metrics.collection.data_root"):
         GenerativeMetrics()
+
+
+# ------------------------------------------------------------------ evaluate on tiny noise-model checkpoints
+TINY_GAN = [
+    "data=image_folder", "data.image_size=28", "data.num_classes=3", "data.batch_size=8", "data.val_batch_size=8",
+    "data.num_workers=0", "generator.ngf=8", "discriminator.ndf=8", "trainer.max_epochs=1",
+    "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1",
+    "+trainer.enable_model_summary=false", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory) -> Path:
+    """Three classes of 28 px images (the DCGAN sizes are 28/32/64)."""
+    root = tmp_path_factory.mktemp("digits")
+    for split, offset in (("train", 0), ("val", 1000)):
+        for cls in range(3):
+            (root / split / str(cls)).mkdir(parents=True)
+            for i in range(8):
+                image = np.asarray(Image.fromarray(pattern(cls, offset + 10 * cls + i)).resize((28, 28)))
+                Image.fromarray(image).save(root / split / str(cls) / f"{i}.png")
+    return root
+
+
+def tiny_checkpoint(root: Path, run_dir: Path, experiment: str, *overrides: str) -> Path:
+    from conftest import compose_train
+
+    from gan_translate.train import train
+
+    train(compose_train([f"experiment={experiment}", *TINY_GAN, f"data.root={root}", *overrides], run_dir))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def compose_evaluate(overrides: list[str]):
+    from conftest import compose_train
+
+    return compose_train(overrides, config_name="evaluate")
+
+
+def test_evaluate_cli_scores_cgan_samples_by_their_labels(digits_root, tmp_path, monkeypatch):
+    from conftest import run_module
+
+    monkeypatch.setenv("GAN_TRANSLATE_CACHE", str(tmp_path / "cache"))
+    ckpt = tiny_checkpoint(digits_root, tmp_path / "run", "demo_cgan")
+    report_path = tmp_path / "cgan.json"
+    run_module("gan_translate.evaluate", f"ckpt_path={ckpt}", "metrics=generative", "split=val", "num_generated=30",
+               "num_samples=2", "metrics.collection.classifier_epochs=2", f"output={report_path}", cwd=tmp_path)
+    report = json.loads(report_path.read_text())
+    assert report["model"] == "ConditionalGAN" and report["num_generated"] == 30 and report["num_real"] == 24
+    assert set(report["metrics"]) == {"class_accuracy", "classifier_fid"}
+    assert 0.0 <= report["metrics"]["class_accuracy"] <= 1.0 and report["metrics"]["classifier_fid"] > 0
+    assert report["classifier"]["classes"] == ["0", "1", "2"] and report["classifier"]["train_images"] == 24
+    assert Path(report["classifier"]["cache_file"]).parent == tmp_path / "cache" / "classifiers"
+    # The sample grid: 2 rows of one sample per class (28 px + 2 px padding).
+    assert Image.open(report_path.with_suffix(".png")).size == (3 * 30 + 2, 2 * 30 + 2)
+
+
+def test_evaluate_infogan_matches_codes_and_dcgan_gets_the_fid_only(digits_root, tmp_path, monkeypatch):
+    from gan_translate.evaluate import evaluate
+
+    monkeypatch.setenv("GAN_TRANSLATE_CACHE", str(tmp_path / "cache"))
+    common = ["metrics=generative", "split=val", "num_generated=24", "metrics.collection.classifier_epochs=2"]
+    infogan = tiny_checkpoint(digits_root, tmp_path / "infogan", "demo_infogan", "model.categorical_dim=3")
+    report = evaluate(compose_evaluate([f"ckpt_path={infogan}", *common, f"output={tmp_path / 'i.json'}"]))
+    assert set(report["metrics"]) == {"code_accuracy", "classifier_fid"}
+    assert report["metrics"]["code_accuracy"] >= 1 / 3  # 3 x 3: the best of the 3 cyclic matchings has >= 1/3
+    assert sorted(c for c in report["code_to_class"] if c >= 0) == [0, 1, 2]
+    assert json.loads((tmp_path / "i.json").read_text())["code_to_class"] == report["code_to_class"]
+
+    dcgan = tiny_checkpoint(digits_root, tmp_path / "dcgan", "demo_dcgan")
+    report = evaluate(compose_evaluate([f"ckpt_path={dcgan}", *common, f"output={tmp_path / 'd.json'}"]))
+    assert set(report["metrics"]) == {"classifier_fid"} and "code_to_class" not in report
+    with pytest.raises(ValueError, match="evaluate it with metrics=generative"):
+        evaluate(compose_evaluate([f"ckpt_path={dcgan}", "split=val", f"output={tmp_path / 'x.json'}"]))
+    with pytest.raises(FileNotFoundError, match="split 'test' not found.*e.g. split=val"):
+        evaluate(compose_evaluate([f"ckpt_path={dcgan}", "metrics=generative", f"output={tmp_path / 'x.json'}"]))
