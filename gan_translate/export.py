@@ -7,6 +7,11 @@ running statistics learned in training (the reference's ONNX export traces train
 outputs depend on the batch and on random dropout). ``batch_stats=true`` exports batch norm that
 normalises with each input batch's own statistics instead, like ``Translator(batch_stats=True)``.
 
+Models that generate from noise (DCGAN, cGAN, InfoGAN, AAE: they have ``sampling_network()`` and ``latent()``)
+export their sampling network instead: inputs named as the model's latent parts (``z`` N x latent_dim float32,
+``labels`` int64 N for class-conditional models; InfoGAN: ``z``, ``code`` int64, ``continuous``), output ``image``
+N x C x H x W in [-1, 1], dynamic batch size; the metadata describes each input.
+
 Input: ``N x C x H x W`` float32 in [-1, 1]; output: ``N x output_nc x H x W`` in [-1, 1]. Batch size and
 spatial size are dynamic; H and W must be multiples of the generator's ``size_divisor`` (U-Net:
 2**num_downs, e.g. 64 for unet_64, 256 for unet_256; ResNet: 4), which is stored in the file's metadata
@@ -16,6 +21,7 @@ spatial size are dynamic; H and W must be multiples of the generator's ``size_di
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import warnings
@@ -23,9 +29,12 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from torch import nn
 
+from gan_translate.checkpoint import load_checkpoint, model_from_checkpoint
+from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.translator import Translator
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -79,6 +88,11 @@ def export_generator(
     """Write the generator of ``ckpt_path`` as ONNX or TorchScript and return the file's path."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    model_class = get_class(load_checkpoint(ckpt_path)[CHECKPOINT_KEY]["model_class"])
+    if callable(getattr(model_class, "sampling_network", None)):  # generates from noise (and labels)
+        if direction is not None:
+            raise ValueError(f"{model_class.__name__} generates from noise; direction={direction!r} does not apply")
+        return export_sampling_network(ckpt_path, format, output, batch_stats, opset)
     translator = Translator.from_checkpoint(ckpt_path, direction=direction, device="cpu")
     generator = translator.generator  # an eval-mode copy without gradients
     if batch_stats:
@@ -103,6 +117,56 @@ def export_generator(
     else:
         export_torchscript(generator, example, output, metadata)
     log.info("wrote %s (%s; H and W must be multiples of %d)", output, format, divisor)
+    return output
+
+
+def export_sampling_network(
+    ckpt_path: str | Path, format: str = "onnx", output: str | Path | None = None, batch_stats: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Write a noise-to-image model's sampling network, inputs (z[, labels ...]) -> image, and return the path."""
+    model = model_from_checkpoint(ckpt_path)
+    network = copy.deepcopy(model.sampling_network()).eval().requires_grad_(False)
+    if batch_stats:
+        network = with_batch_statistics(network)
+    # Two samples: a batch of one lets tracing treat the batch size as a constant.
+    example = model.latent(2, generator=torch.Generator().manual_seed(0))
+    metadata = {
+        "model": type(model).__name__,
+        "inputs": {name: {"shape": ["batch", *value.shape[1:]], "dtype": str(value.dtype).removeprefix("torch.")}
+                   for name, value in example.items()},
+        "num_classes": model.num_classes,
+        "labels_are_classes": bool(model.labels_are_classes),
+        "image_size": model.image_size,
+        "channels": model.channels,
+        "value_range": [-1, 1],
+        "normalization": "batch_statistics" if batch_stats else "running_statistics",
+        "source_checkpoint": Path(ckpt_path).name,
+    }
+    output = Path(output) if output else default_output(ckpt_path, format, None)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    inputs = tuple(example.values())
+    if format == "onnx":
+        try:
+            import onnx
+        except ImportError as error:
+            raise ImportError("ONNX export needs the onnx package: pip install 'gan_translate[export]'") from error
+        names = list(example)
+        with quiet_tracing():
+            torch.onnx.export(
+                network, inputs, str(output), dynamo=False, input_names=names, output_names=["image"],
+                dynamic_axes={name: {0: "batch"} for name in [*names, "image"]}, opset_version=opset,
+            )
+        onnx_model = onnx.load(str(output))
+        for key, value in metadata.items():
+            onnx_model.metadata_props.add(key=key, value=json.dumps(value))
+        onnx.checker.check_model(onnx_model)
+        onnx.save(onnx_model, str(output))
+    else:
+        with quiet_tracing():
+            traced = torch.jit.trace(network, inputs)
+            torch.jit.save(traced, str(output), _extra_files={"gan_translate.json": json.dumps(metadata)})
+    log.info("wrote %s (%s; inputs %s -> image)", output, format, ", ".join(example))
     return output
 
 

@@ -141,7 +141,7 @@ class AdversarialAutoencoder(GenerativeGAN):
         self.discriminator = build_network(discriminator, latent_dim=latent_dim)
         self.loss = loss
         styles = square_columns(num_samples) if supervised else num_samples
-        self.register_buffer("fixed_noise", sample_prior(prior, styles, latent_dim, self._fixed_rng))
+        self.register_buffer("fixed_noise", sample_prior(prior, styles, latent_dim, self.fixed_generator()))
         self._codes: list[torch.Tensor] = []
         self._code_labels: list[torch.Tensor] = []
 

@@ -2,9 +2,9 @@
 
     min_G max_D  E log D(x | y) + E log(1 - D(G(z | y) | y))
 
-G gets y as an embedding (``generator.class_embedding``) concatenated to z; D as one-hot label maps next to the
-image (``discriminator.conditioning=concat``) or through a projection of a class embedding onto its features
-(``projection``, the default for ``auto``). Fakes are drawn for the labels of the real batch, so D sees the same
+G gets y one-hot (or as a learned embedding, ``generator.class_embedding=N``) concatenated to z; D as one-hot label
+maps next to the image (``discriminator.conditioning=concat``, the default) or through a projection of a class
+embedding onto its pooled features (``projection``, Miyato & Koyama 2018). Fakes are drawn for the labels of the real batch, so D sees the same
 class mix on both sides.
 """
 

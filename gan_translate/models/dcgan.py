@@ -66,14 +66,6 @@ class DCGAN(GenerativeGAN):
         return self.generator(z)
 
     # ----- training -----
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
-        losses = {"loss_D": self.loss.gan.discriminator_loss(real_scores, fake_scores)}
-        if self.loss.uses_gradient_penalty:
-            losses["loss_D_GP"] = self.loss.lambda_gp * gradient_penalty(self.discriminator, real, fake)
-        self._scores = {"D_real": real_scores.detach().float().mean(), "D_fake": fake_scores.detach().float().mean()}
-        return losses
-
     def training_step(self, batch: dict, batch_idx: int) -> None:
         real = self.prepare(batch["image"])
         opt_g, opt_d = self.optimizers()
@@ -81,7 +73,10 @@ class DCGAN(GenerativeGAN):
 
         # 1) D: score real images high and G(z) low.
         with self.updating(opt_d):
-            losses = self.discriminator_loss(real, fake.detach())
+            real_scores, fake_scores = self.discriminator(real), self.discriminator(fake.detach())
+            losses = {"loss_D": self.loss.gan.discriminator_loss(real_scores, fake_scores)}
+            if self.loss.uses_gradient_penalty:
+                losses["loss_D_GP"] = self.loss.lambda_gp * gradient_penalty(self.discriminator, real, fake)
             self.optimization_step(opt_d, sum(losses.values()), losses)
 
         # 2) G: make D score G(z) as real (non-saturating: maximise log D(G(z))).
@@ -90,18 +85,17 @@ class DCGAN(GenerativeGAN):
             self.optimization_step(opt_g, losses["loss_G"], {"loss_G": losses["loss_G"]})
 
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real.size(0))
-        self.log_dict({f"train/{k}": v for k, v in self._scores.items()}, batch_size=real.size(0))
+        self.log_dict({"train/D_real": real_scores.detach().float().mean(),
+                       "train/D_fake": fake_scores.detach().float().mean()}, batch_size=real.size(0))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = self.prepare(batch["image"])
         fake = self.generator(self.latent(real.size(0), generator=self.validation_noise(batch_idx))["z"])
-        self.log_validation(self.discriminator(real), self.discriminator(fake), real.size(0))
-        self.update_metrics(fake, real)
-
-    def log_validation(self, real_scores: torch.Tensor, fake_scores: torch.Tensor, batch_size: int) -> None:
+        real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
         gan = self.loss.gan
-        values = {"val/loss_D": gan.discriminator_loss(real_scores, fake_scores), "val/loss_G": gan.generator_loss(fake_scores)}
-        self.log_dict(values, sync_dist=True, batch_size=batch_size)
+        self.log_dict({"val/loss_D": gan.discriminator_loss(real_scores, fake_scores),
+                       "val/loss_G": gan.generator_loss(fake_scores)}, sync_dist=True, batch_size=real.size(0))
+        self.update_metrics(fake, real)
 
     @torch.no_grad()
     def visuals(self, batch: dict) -> dict[str, torch.Tensor]:

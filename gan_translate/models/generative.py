@@ -46,10 +46,7 @@ class GenerativeGAN(GANModule):
         if num_samples < 1:
             raise ValueError(f"model.num_samples must be >= 1, got {num_samples}")
         self.image_size, self.channels, self.num_classes = image_size, channels, num_classes
-        self.num_samples = num_samples
-        # Its own generator: the fixed noise is the same whatever the run's seed, and drawing it leaves the
-        # global random state (which the weights' initialisation uses) untouched.
-        self._fixed_rng = torch.Generator().manual_seed(sample_seed)
+        self.num_samples, self.sample_seed = num_samples, sample_seed
 
     # ----- the sampling contract -----
     def latent(self, n: int, labels: LabelsArg = None, generator: torch.Generator | None = None) -> dict:
@@ -72,9 +69,14 @@ class GenerativeGAN(GANModule):
         )
 
     # ----- helpers for subclasses -----
+    def fixed_generator(self) -> torch.Generator:
+        """A generator seeded with ``sample_seed``: the fixed noise is the same whatever the run's seed, and
+        drawing it leaves the global random state (which the weights' initialisation uses) untouched."""
+        return torch.Generator().manual_seed(self.sample_seed)
+
     def fixed(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise from the model's own fixed generator (for the sample-grid buffers)."""
-        return torch.randn(*shape, generator=self._fixed_rng)
+        """Standard normal noise for the sample-grid buffers."""
+        return torch.randn(*shape, generator=self.fixed_generator())
 
     def noise(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(*shape, generator=generator).to(self.device) if generator else torch.randn(

@@ -29,7 +29,7 @@ def size_plan(image_size: int, key: str = "data.image_size") -> tuple[int, int]:
     base, doublings = image_size, 0
     while base % 2 == 0 and base > 7:
         base, doublings = base // 2, doublings + 1
-    if image_size < 6 or doublings == 0 or base < 3:
+    if doublings == 0 or not 3 <= base <= 7:
         raise ValueError(
             f"{key}={image_size}: DCGAN networks need base * 2**n pixels with base 3..7 and n >= 1 "
             "(e.g. 16, 28, 32, 48, 64, 128)"
@@ -76,7 +76,7 @@ class DCGANGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "batch",
         num_classes: int = 0,
-        class_embedding: int | None = 50,
+        class_embedding: int | None = None,
         init_type: str = "normal",
         init_gain: float = 0.02,
     ) -> None:
@@ -123,14 +123,15 @@ class DCGANDiscriminator(nn.Module):
         norm: str = "batch",
         num_classes: int = 0,
         conditioning: str = "auto",
+        fc_features: int | None = None,
         init_type: str = "normal",
         init_gain: float = 0.02,
     ) -> None:
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"discriminator.conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
-        if conditioning == "auto":  # projection for class-conditional models, none otherwise
-            conditioning = "projection" if num_classes else "none"
+        if conditioning == "auto":  # concat for class-conditional models, none otherwise
+            conditioning = "concat" if num_classes else "none"
         if conditioning != "none" and not num_classes:
             raise ValueError(
                 f"discriminator.conditioning={conditioning} needs class labels, but this model is unconditional; "
@@ -141,6 +142,14 @@ class DCGANDiscriminator(nn.Module):
         in_channels = input_nc + (num_classes if conditioning == "concat" else 0)
         self.trunk, self.feature_shape = downsampling_trunk(in_channels, image_size, ndf, norm)
         channels, base, _ = self.feature_shape
+        if fc_features:  # InfoGAN's D: the last map -> a fully connected layer of fc_features (+ norm) shared with Q
+            self.trunk.extend([
+                nn.Conv2d(channels, fc_features, kernel_size=base, bias=uses_bias(norm)),
+                norm_layer(norm)(fc_features),
+                nn.LeakyReLU(0.2, True),
+            ])
+            channels, base = fc_features, 1
+            self.feature_shape = (fc_features, 1, 1)
         self.head = nn.Conv2d(channels, 1, kernel_size=base)  # the whole last map -> one score
         self.embedding = nn.Embedding(num_classes, channels) if conditioning == "projection" else None
         init_weights(self, init_type, init_gain)

@@ -1,0 +1,74 @@
+"""New images from a trained noise-to-image model (DCGAN, cGAN, InfoGAN, AAE), from its checkpoint alone:
+
+    sampler = Sampler.from_checkpoint("run/checkpoints/last.ckpt")
+    images = sampler(n=16, labels=3, seed=0)        # 16 x C x H x W in [-1, 1]
+    sampler.grid(n=64, seed=0).save("grid.png")     # a PIL image
+
+``labels``: a class (cGAN, supervised AAE) or a value of the categorical code (InfoGAN), one int for all samples
+or one per sample; None cycles through all values (0, 1, ..., K-1, 0, ...), so a grid with K columns shows one
+class per column. Unconditional models (DCGAN, AAE) take none. Batch norm follows the model's
+``test_batch_stats`` (running statistics by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import make_grid
+
+from gan_translate.checkpoint import CheckpointError, model_from_checkpoint
+from gan_translate.data.transforms import to_unit_range
+from gan_translate.translator import _resolve_device
+
+
+class Sampler:
+    """Draws samples from a model that has ``latent``/``sampling_network`` (see gan_translate.models.generative).
+    The sampler owns the model: it moves it to ``device`` and freezes it."""
+
+    def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 256) -> None:
+        if not callable(getattr(model, "sampling_network", None)):
+            raise CheckpointError(
+                f"{type(model).__name__} translates images rather than generating them from noise; use "
+                "gan_translate.Translator / `python -m gan_translate.predict` for it"
+            )
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> Sampler:
+        return cls(model_from_checkpoint(path), **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        """How many values ``labels`` may take (0: none)."""
+        return self.model.num_classes
+
+    @torch.no_grad()
+    def __call__(self, n: int = 16, labels=None, seed: int | None = None) -> torch.Tensor:
+        """``n`` images, N x C x H x W in [-1, 1] on the CPU; ``seed`` makes them reproducible."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        labels = self.model.labels(n, labels)  # checks the labels and expands None / an int to n values
+        chunks = []
+        with self.model.evaluating():
+            for start in range(0, n, self.batch_size):
+                size = min(self.batch_size, n - start)
+                part = None if labels is None else labels[start : start + size]
+                chunks.append(self.model.sample(size, part, generator).float().clamp(-1, 1).cpu())
+        return torch.cat(chunks)
+
+    def grid(self, n: int = 64, labels=None, seed: int | None = None, nrow: int | None = None) -> Image.Image:
+        """A PIL grid of ``n`` samples; ``nrow`` images per row (default: the number of classes for
+        conditional models, so that each column is a class, else about sqrt(n))."""
+        images = self(n, labels, seed)
+        nrow = nrow or (self.num_classes if self.num_classes and labels is None else max(1, round(n**0.5)))
+        return TF.to_pil_image(make_grid(to_unit_range(images), nrow=nrow, padding=2, pad_value=1.0))
+
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list[Image.Image]:
+        return [TF.to_pil_image(to_unit_range(image)) for image in images]
