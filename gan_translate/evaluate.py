@@ -32,6 +32,7 @@ from gan_translate.callbacks import sample_grid
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.metrics import build_metrics, evaluate_folders
 from gan_translate.models.generative import GenerativeGAN
+from gan_translate.sampler import Sampler
 from gan_translate.translator import Translator
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -126,31 +127,23 @@ def evaluate_samples(cfg: DictConfig, model: GenerativeGAN) -> tuple[dict, torch
         raise ValueError(f"the classifier's classes {metrics.classifier_record['classes']} are not the model's "
                          f"data classes {list(classes)} (metrics.collection.data_root={overrides.get('data_root')})")
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
-    model.to(device)
-    metrics.to(device)
+    sampler = Sampler(model, device=cfg.device, batch_size=max(cfg.batch_size, 100))
+    metrics.to(sampler.device)
     num_real = 0
     for batch in DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0):
-        metrics.update(None, real=batch["image"].to(device))
+        metrics.update(None, real=batch["image"].to(sampler.device))
         num_real += batch["image"].size(0)
-    # Its own random generator: the same samples for the same seed, whatever ran before.
-    rng = torch.Generator().manual_seed(cfg.seed)
+    # labels=None cycles through the classes / code values: 0, 1, ..., K-1, 0, ...
+    fakes = sampler(cfg.num_generated, seed=cfg.seed)
+    labels = torch.arange(cfg.num_generated) % model.num_classes if labelled else None
+    for start in range(0, cfg.num_generated, cfg.batch_size):
+        part = slice(start, start + cfg.batch_size)
+        given = {} if labels is None else {"labels" if model.labels_are_classes else "codes": labels[part]}
+        metrics.update(fakes[part].to(sampler.device), **given)
     # The grid: num_samples rows, one column per label (models that take labels) or 10 columns.
     columns = model.num_classes if labelled else 10
-    grid_size = min(cfg.num_samples * columns, cfg.num_generated)
-    samples = []
-    with torch.no_grad(), model.evaluating():
-        for start in range(0, cfg.num_generated, cfg.batch_size):
-            n = min(cfg.batch_size, cfg.num_generated - start)
-            labels = (torch.arange(start, start + n) % model.num_classes) if labelled else None
-            fake = model.sample(n, labels, generator=rng)
-            given = {} if labels is None else {"labels" if model.labels_are_classes else "codes": labels}
-            metrics.update(fake, **given)
-            if start < grid_size:
-                samples.append(fake.cpu())
     values = metrics.compute()
-    grid = make_grid(torch.cat(samples)[:grid_size].add(1).div(2).clamp(0, 1), nrow=columns, padding=2)
+    grid = make_grid(fakes[: cfg.num_samples * columns].add(1).div(2).clamp(0, 1), nrow=columns, padding=2)
     record = metrics.classifier_record
     report = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),

@@ -63,19 +63,17 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, float]:
 
 def picture(ckpt: Path, code_to_class: list[int] | None, path: Path, seed: int = 1) -> None:
     """10 x 10 samples: one column per class (or per matched InfoGAN code), rows of fresh noise."""
-    from gan_translate.checkpoint import model_from_checkpoint
+    from gan_translate.sampler import Sampler
 
-    model = model_from_checkpoint(ckpt)
+    sampler = Sampler.from_checkpoint(ckpt, device="cpu")
     labels = None
-    if model.num_classes:
-        order = list(range(model.num_classes))
+    if sampler.num_classes:
+        order = list(range(sampler.num_classes))
         if code_to_class is not None:  # InfoGAN: the code matched to digit 0 first, then 1, ...
-            order = sorted(range(model.num_classes), key=lambda code: (code_to_class[code] < 0, code_to_class[code]))
+            order = sorted(order, key=lambda code: (code_to_class[code] < 0, code_to_class[code]))
         labels = torch.tensor(order).repeat(10)
-    with torch.no_grad(), model.evaluating():
-        images = model.sample(100 if labels is None else len(labels), labels, generator=torch.Generator().manual_seed(seed))
-    columns = model.num_classes or 10
-    grid = make_grid(images.add(1).div(2).clamp(0, 1), nrow=columns, padding=2, pad_value=1.0)
+    images = sampler(100 if labels is None else len(labels), labels, seed=seed)
+    grid = make_grid(images.add(1).div(2), nrow=sampler.num_classes or 10, padding=2, pad_value=1.0)
     save_image(torch.nn.functional.interpolate(grid[None], scale_factor=2, mode="nearest")[0], path)  # 2x: readable
 
 
