@@ -2,10 +2,15 @@
 
     python -m gan_translate.evaluate ckpt_path=X [data.root=PATH] [split=test] [direction=AtoB|BtoA] [metrics=full]
     python -m gan_translate.evaluate pred_dir=GENERATED target_dir=TARGETS [metrics=full]
+    python -m gan_translate.evaluate ckpt_path=NOISE_MODEL metrics=generative split=val [num_generated=1000]
 
 Writes a JSON report (every metric, number of images, direction, checkpoint, config hash) and, for a
 checkpoint, a sample grid (source | output | target) next to it. The model, its preprocessing and its data
 layout come from the checkpoint; ``data.root`` points it at another copy of the data.
+
+Models that generate from noise (subclasses of ``GenerativeGAN``: DCGAN, cGAN, InfoGAN, AAE) are scored on
+``num_generated`` samples against the real images of the split, with ``metrics=generative``; the grid is then
+a grid of samples (one column per label for models that take labels).
 """
 
 from __future__ import annotations
@@ -18,16 +23,18 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from gan_translate.callbacks import sample_grid
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.config import CONF_DIR
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics import build_metrics, evaluate_folders
+from gan_translate.models.generative import GenerativeGAN
+from gan_translate.sampler import Sampler
 from gan_translate.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ def config_hash(config: dict) -> str:
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     """Metrics of the checkpoint's generator on ``cfg.split``; returns the report and a sample grid."""
     model = model_from_checkpoint(cfg.ckpt_path)
+    if isinstance(model, GenerativeGAN):
+        return evaluate_samples(cfg, model)
     run_config = model.run_config
     data_overrides = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
     data_cfg = OmegaConf.merge(run_config["data"], data_overrides)
@@ -84,6 +93,73 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
         "metrics": values,
         "config_hash": config_hash(run_config),
     }
+    return report, grid
+
+
+def evaluate_samples(cfg: DictConfig, model: GenerativeGAN) -> tuple[dict, torch.Tensor]:
+    """A noise model: ``cfg.num_generated`` samples (labels cycling through the model's classes or codes) scored
+    by ``metrics=generative`` against the real images of ``cfg.split``."""
+    from gan_translate.metrics.generative import GenerativeMetrics
+
+    run_config = model.run_config
+    collection = (cfg.metrics or {}).get("collection")
+    if collection is None or not issubclass(get_class(collection._target_), GenerativeMetrics):
+        raise ValueError(f"{type(model).__name__} generates from noise: evaluate it with metrics=generative "
+                         "(classifier score and classifier FID; metrics.collection.fid=true adds the Inception FID)")
+    data_overrides = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
+    data_cfg = OmegaConf.merge(run_config["data"], data_overrides)
+    datamodule = instantiate(data_cfg)
+    dataset = datamodule.make_dataset(cfg.split, train=False)
+    if dataset is None:
+        raise FileNotFoundError(f"split {cfg.split!r} not found under data.root={data_cfg.get('root')} "
+                                "(the real images the samples are compared with; e.g. split=val)")
+    overrides: dict = {}
+    if not collection.get("data_root"):
+        if not data_cfg.get("root"):
+            raise ValueError(f"the classifier trains on a class-per-folder dataset, and the checkpoint's data "
+                             f"({type(datamodule).__name__}) has no root: set metrics.collection.data_root=PATH")
+        overrides["data_root"] = data_cfg.root
+    labelled = model.num_classes > 0
+    if labelled and not model.labels_are_classes:
+        overrides["num_codes"] = model.num_classes  # an unsupervised code (InfoGAN): scored after matching
+    metrics = build_metrics(cfg.metrics, **overrides)
+    classes = getattr(datamodule, "classes", None)
+    if classes is not None and metrics.classifier_record and metrics.classifier_record["classes"] != list(classes):
+        raise ValueError(f"the classifier's classes {metrics.classifier_record['classes']} are not the model's "
+                         f"data classes {list(classes)} (metrics.collection.data_root={overrides.get('data_root')})")
+
+    sampler = Sampler(model, device=cfg.device, batch_size=max(cfg.batch_size, 100))
+    metrics.to(sampler.device)
+    num_real = 0
+    for batch in DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0):
+        metrics.update(None, real=batch["image"].to(sampler.device))
+        num_real += batch["image"].size(0)
+    # labels=None cycles through the classes / code values: 0, 1, ..., K-1, 0, ...
+    fakes = sampler(cfg.num_generated, seed=cfg.seed)
+    labels = torch.arange(cfg.num_generated) % model.num_classes if labelled else None
+    for start in range(0, cfg.num_generated, cfg.batch_size):
+        part = slice(start, start + cfg.batch_size)
+        given = {} if labels is None else {"labels" if model.labels_are_classes else "codes": labels[part]}
+        metrics.update(fakes[part].to(sampler.device), **given)
+    # The grid: num_samples rows, one column per label (models that take labels) or 10 columns.
+    columns = model.num_classes if labelled else 10
+    values = metrics.compute()
+    grid = make_grid(fakes[: cfg.num_samples * columns].add(1).div(2).clamp(0, 1), nrow=columns, padding=2)
+    record = metrics.classifier_record
+    report = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "model": type(model).__name__,
+        "split": cfg.split,
+        "data_root": str(data_cfg.get("root")),
+        "num_generated": cfg.num_generated,
+        "num_real": num_real,
+        "seed": cfg.seed,
+        "metrics": values,
+        "classifier": {key: record.get(key) for key in ("val_accuracy", "classes", "train_images", "cache_file")},
+        "config_hash": config_hash(run_config),
+    }
+    if metrics.code_to_class is not None:
+        report["code_to_class"] = metrics.code_to_class
     return report, grid
 
 
