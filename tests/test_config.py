@@ -56,10 +56,12 @@ def experiment_defaults(name: str) -> dict[str, str]:
 
 
 def embedded_experiment_for(group: str, option: str) -> str | None:
-    """An experiment on embedded data (no files) that selects ``group=option``; None if the default one does."""
+    """An experiment that selects ``group=option``, on embedded data unless ``group`` is data itself (the test
+    writes those files); None if the default one does."""
     for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         chosen = experiment_defaults(path.stem)
-        if chosen.get(group) == option and chosen.get("data", "synthetic").startswith("synthetic"):
+        embedded = group == "data" or chosen.get("data", "synthetic").startswith("synthetic")  # data: files made below
+        if chosen.get(group) == option and embedded:
             return path.stem
     return None
 
