@@ -4,6 +4,7 @@ Trainer starts (naming keys and valid values), and prediction fits any size."""
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import pytorch_lightning as pl
 import torch
 from _tiny_run import tiny_run
 from conftest import CONF_DIR, TINY_CYCLEGAN_OVERRIDES, TINY_OVERRIDES, compose_train, on_disk, write_aligned
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from gan_translate.checkpoint import build_model
@@ -27,8 +29,24 @@ from gan_translate.sizes import (
 from gan_translate.train import train
 from gan_translate.translator import Translator
 
-GENERATORS = sorted(path.stem for path in (CONF_DIR / "generator").glob("*.yaml"))
-DISCRIMINATORS = sorted(path.stem for path in (CONF_DIR / "discriminator").glob("*.yaml"))
+
+def image_networks(group: str) -> list[str]:
+    """The configs of ``group`` whose networks take images of any valid size. Fixed-size networks (the DCGAN
+    family: ``data.image_size`` is built into them) and networks on latent codes have no size rule."""
+    def target(name: str) -> str:  # a config without _target_ extends another one (defaults: [basic, _self_])
+        node = OmegaConf.load(CONF_DIR / group / f"{name}.yaml")
+        return node["_target_"] if "_target_" in node else target(next(d for d in node.defaults if d != "_self_"))
+
+    names = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        parameters = inspect.signature(get_class(target(path.stem))).parameters
+        if "input_nc" in parameters and "image_size" not in parameters:
+            names.append(path.stem)
+    return names
+
+
+GENERATORS = image_networks("generator")
+DISCRIMINATORS = image_networks("discriminator")
 
 
 def takes(network: nn.Module, side: int, generator: bool) -> bool:
