@@ -81,7 +81,15 @@ MODES = {  # precision, channels_last, compile, data.device_cache
     "channels_last": ("32-true", True, False, False),
     "compile": ("32-true", False, True, False),
     "device_cache": ("32-true", False, False, True),
+    "cuda_graphs": ("32-true", False, True, False),  # compile_mode=reduce-overhead (MODE_OVERRIDES)
+    "no_sync": ("32-true", False, False, False),  # nonfinite_check=deferred: no host read of the losses per step
     "gpu_fast": ("bf16-mixed", True, True, True),  # what trainer=gpu_fast turns on
+}
+# Switches of a mode beyond the four above.
+MODE_OVERRIDES = {
+    "cuda_graphs": ["model.compile_mode=reduce-overhead"],
+    "no_sync": ["model.nonfinite_check=deferred"],
+    "gpu_fast": ["model.compile_mode=reduce-overhead", "model.nonfinite_check=deferred"],
 }
 MODEL_OVERRIDES = {
     "pix2pix": ["~experiment", "model=pix2pix", "generator=unet_256"],  # no demo widths
@@ -138,7 +146,7 @@ AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def model_config(bench: DictConfig, model: str, setting: tuple = MODES["fp32"],
-                 data: list[str] | None = None) -> DictConfig:
+                 data: list[str] | None = None, extra: list[str] = ()) -> DictConfig:
     """The training config the benchmark runs: train.yaml with paper widths, a MODES ``setting`` and ``data``
     (data_overrides; default: a few synthetic batches)."""
     precision, channels_last, compile, device_cache = setting
@@ -152,7 +160,7 @@ def model_config(bench: DictConfig, model: str, setting: tuple = MODES["fp32"],
             *(data or data_overrides(bench, model, bench.warmup + bench.iterations + 1, 0)),
             f"data.batch_size={bench.batch_size}",
             *([] if "device_cache" in UNSUPPORTED_MODES.get(model, {}) else [f"data.device_cache={device_cache}"]),
-            "paths.output_dir=benchmark_unused",
+            "paths.output_dir=benchmark_unused", *extra,
     ]
     if GlobalHydra.instance().is_initialized():  # inside @hydra.main: same config dir
         return compose("train", overrides=overrides)
@@ -160,11 +168,30 @@ def model_config(bench: DictConfig, model: str, setting: tuple = MODES["fp32"],
         return compose("train", overrides=overrides)
 
 
-class StepTimer(pl.Callback):
-    """Wall time of each training batch (its full GAN step); optionally counts or profiles one step."""
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: time during which at least one kernel ran."""
+    busy, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
 
-    def __init__(self, device: torch.device, count_flops_at: int | None, profile_at: int | None) -> None:
+
+class StepTimer(pl.Callback):
+    """Wall time of each training batch (its full GAN step); optionally counts or profiles one step, and on
+    CUDA measures the fraction of ``busy_steps`` consecutive steps' wall time during which the GPU ran a kernel
+    (or a copy): the share the launch and framework overhead leaves to the GPU."""
+
+    def __init__(self, device: torch.device, count_flops_at: int | None, profile_at: int | None,
+                 busy_at: int | None = None, busy_steps: int = 0, window: tuple[int, int] | None = None,
+                 sync_each_step: bool = True) -> None:
         self.device, self.count_flops_at, self.profile_at = device, count_flops_at, profile_at
+        # window (first, last) batch: wall time from the first's start to the last's end, synchronised only there.
+        self.window, self.sync_each_step, self.window_s = window, sync_each_step, None
+        self.busy_at, self.busy_steps = busy_at, busy_steps
+        self.busy_fraction: float | None = None
+        self._busy = None
         self.times: list[float] = []
         # Batch end to batch end: the step plus fetching, device transfer and the loop's own work in between.
         self.times_with_data: list[float] = []
@@ -174,11 +201,19 @@ class StepTimer(pl.Callback):
         self.peak_rss_gb: float | None = None  # before the instrumented steps, whose bookkeeping costs memory
         self._context = None
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
+    def _sync(self, force: bool = False) -> None:
+        if self.device.type == "cuda" and (force or self.sync_each_step):
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.window and batch_idx == self.window[0]:
+            self._sync(force=True)
+            self._window_start = time.perf_counter()
+        if batch_idx == self.busy_at:
+            self._sync(force=True)
+            self._busy = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self._busy.__enter__()
+            self._busy_start = time.perf_counter()
         if batch_idx in (self.count_flops_at, self.profile_at) and self.peak_rss_gb is None:
             self.peak_rss_gb = peak_rss_gb()
         if batch_idx == self.count_flops_at:
@@ -191,9 +226,23 @@ class StepTimer(pl.Callback):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.window and batch_idx == self.window[1]:
+            self._sync(force=True)
+            self.window_s = time.perf_counter() - self._window_start
         self._sync()
         end = time.perf_counter()
         elapsed = end - self._start
+        if self._busy is not None and batch_idx == self.busy_at + self.busy_steps - 1:
+            self._sync(force=True)
+            end = time.perf_counter()
+            self._busy.__exit__(None, None, None)
+            kernels = [(e.time_range.start, e.time_range.end) for e in self._busy.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA]
+            self.busy_fraction = busy_seconds(kernels) / 1e6 / (end - self._busy_start)  # profiler times in us
+            self._busy = None
+            return
+        if self._busy is not None:
+            return
         if self._context is None:
             self.times.append(elapsed)
             self.times_with_data.append(end - self._last_end if self._last_end is not None else math.nan)
@@ -227,15 +276,22 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     """Train ``warmup + iterations`` steps in a real Trainer and time generator inference."""
     precision, channels_last, compile, device_cache = setting
     torch.manual_seed(0)
-    extra = int(count_flops) + int(profile)
+    busy_steps = int(bench.busy_steps) if device.type == "cuda" else 0
+    extra = int(count_flops) + int(profile) + busy_steps
     steps = bench.warmup + bench.iterations + extra
-    cfg = model_config(bench, model_name, setting, data_overrides(bench, model_name, steps, bench.data_workers))
+    cfg = model_config(bench, model_name, setting, data_overrides(bench, model_name, steps, bench.data_workers),
+                       MODE_OVERRIDES.get(mode, []))
     model = build_model(cfg)
     # Untimed steps: warm-up first; the FLOP count / profile come after the timed steps (they slow a step
     # down and their bookkeeping would raise the peak memory).
     count_at = bench.warmup + bench.iterations if count_flops else None
     profile_at = bench.warmup + bench.iterations + int(count_flops) if profile else None
-    timer = StepTimer(device, count_at, profile_at)
+    busy_at = bench.warmup + bench.iterations + int(count_flops) + int(profile) if busy_steps else None
+    # On CUDA a synchronisation per step would stall the very pipelining the fast path is for: by default the
+    # timed steps are then measured as one window (synchronised at its ends only), per step only on the CPU.
+    sync_each_step = device.type != "cuda" if bench.step_sync == "auto" else bool(bench.step_sync)
+    timer = StepTimer(device, count_at, profile_at, busy_at, busy_steps,
+                      (bench.warmup, bench.warmup + bench.iterations - 1), sync_each_step)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = pl.Trainer(
@@ -248,6 +304,9 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     timed = timer.times[bench.warmup:]
     step_s = statistics.median(timed)  # robust to the odd step slowed down by another process
     timed_with_data = [t for t in timer.times_with_data[bench.warmup:] if not math.isnan(t)]  # none at warmup=0
+    window_s = timer.window_s / bench.iterations
+    if not sync_each_step:  # the per-step times are enqueue times only: the window is the measure
+        step_s, timed_with_data = window_s, [window_s]
 
     generator = model.generator_for()
     if compile:  # what predict/evaluate run with compile=true: an eager copy compiled with freezing
@@ -261,9 +320,10 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
         "compile": compile, "device_cache": device_cache, "s_per_iteration": step_s,
         "images_per_s": bench.batch_size / step_s, "step_times_s": timed,
         "s_per_iteration_with_data": statistics.median(timed_with_data) if timed_with_data else None,
-        "step_with_data_times_s": timed_with_data, "generator_forward_s": forward_s,
+        "step_with_data_times_s": timed_with_data, "s_per_iteration_window": window_s,
+        "synchronised_each_step": sync_each_step, "generator_forward_s": forward_s,
         "peak_rss_gb": training_rss_gb, "flops_per_iteration": timer.flops,
-        "profile": timer.profile_table,
+        "profile": timer.profile_table, "gpu_busy_fraction": timer.busy_fraction,
     }
     if device.type == "cuda":
         result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -533,7 +593,8 @@ def format_table(report: dict) -> str:
     run. The fp32 ceiling of a target is the ratio reached if every FLOP ran at the measured fp32 matmul peak."""
     gpu = report["environment"]["device"].startswith("cuda")
     header = (f"{'model':9} {'mode':15} {'s/it':>8} {'+data':>8} {'img/s':>7} {'xref':>6} {'xloop':>6} {'G fwd ms':>9} {'xref':>6} "
-              f"{'xloop':>6} {'RSS GB':>7} {'xref':>5} {'GFLOP/s':>8} {'%peak':>6}") + (f" {'GPU GB':>7}" if gpu else "")
+              f"{'xloop':>6} {'RSS GB':>7} {'xref':>5} {'GFLOP/s':>8} {'%peak':>6}") + (
+                  f" {'GPU GB':>7} {'%busy':>6}" if gpu else "")
     lines = [header, "-" * len(header)]
     nan = float("nan")
 
@@ -564,7 +625,7 @@ def format_table(report: dict) -> str:
                     f"{r.get('loop_inference_speedup', nan):6.2f} {r['peak_rss_gb']:7.2f} {r.get('memory_ratio', nan):5.2f} "
                     f"{r.get('achieved_gflops', nan):8.1f} {100 * r.get('fraction_of_matmul_peak', nan):6.1f}")
             if gpu:
-                line += f" {r.get('peak_gpu_memory_gb', nan):7.2f}"
+                line += f" {r.get('peak_gpu_memory_gb', nan):7.2f} {100 * (r.get('gpu_busy_fraction') or nan):6.1f}"
             lines.append(line)
         data = summary["data_wait"]
         if summary.get("recipe_projection"):

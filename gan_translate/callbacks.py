@@ -126,12 +126,28 @@ class LossProgressBar(RichProgressBar):
 
     The full names plus Lightning's ``v_num`` wrap over several lines on an 80-100 column terminal;
     loggers keep the full names.
+
+    ``metrics_every_n_batches``: reading the logged losses copies them to the host, a synchronisation with the
+    GPU that Lightning's bar does after every batch; N > 1 reads them every N training batches (the bar still
+    moves every batch). The GPU fast path (``trainer=gpu_fast``) sets it to the logging interval.
     """
 
+    def __init__(self, *args, metrics_every_n_batches: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if metrics_every_n_batches < 1:
+            raise ValueError(f"callbacks.progress_bar.metrics_every_n_batches must be >= 1, got {metrics_every_n_batches}")
+        self.metrics_every_n_batches = metrics_every_n_batches
+        self._shown: dict | None = None
+
     def get_metrics(self, trainer, pl_module) -> dict:
+        if trainer.training and self._shown is not None and self.metrics_every_n_batches > 1:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            if done % self.metrics_every_n_batches:
+                return self._shown
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        return {name.removeprefix("train/").removeprefix("loss_"): value for name, value in metrics.items()}
+        self._shown = {name.removeprefix("train/").removeprefix("loss_"): value for name, value in metrics.items()}
+        return self._shown
 
 
 class ParameterSummary(ModelSummary):

@@ -151,6 +151,9 @@ def main() -> None:
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
         args.results.parent.mkdir(parents=True, exist_ok=True)
+        # Merge into the file as it is now: another run of this script may have added models meanwhile.
+        on_disk = json.loads(args.results.read_text()) if args.results.is_file() else {}
+        results["models"] = {**on_disk.get("models", {}), name: entry}
         args.results.write_text(json.dumps(results, indent=2))
         print(json.dumps({name: entry}, indent=2), flush=True)
 

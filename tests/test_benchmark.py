@@ -16,7 +16,7 @@ from conftest import compose_train, write_aligned
 from hydra.utils import instantiate
 from tiny_runs import tiny_config
 
-from gan_translate.benchmark import REFERENCE_STEPS, format_table, load_reference, run
+from gan_translate.benchmark import REFERENCE_STEPS, busy_seconds, format_table, load_reference, run
 from gan_translate.checkpoint import build_model
 from gan_translate.models.image_pool import ImagePool
 
@@ -68,13 +68,35 @@ def check_report(report: dict, models: list[str], modes: list[str]) -> None:
         assert all(isinstance(t["passed"], bool) and isinstance(t["loop_passed"], bool)
                    for t in summary["targets"].values())
         assert summary["data_wait"]["s_per_batch"] > 0
+        # The GPU busy fraction exists on CUDA only (kernel intervals from the profiler); never invented on a CPU.
+        cuda = report["environment"]["device"].startswith("cuda")
+        assert all((r["gpu_busy_fraction"] is not None) == cuda for r in summary["modes"])
+        assert all(0 < r["gpu_busy_fraction"] <= 1 for r in summary["modes"] if cuda)
+
+
+def test_busy_seconds_is_the_union_of_kernel_intervals():
+    assert busy_seconds([]) == 0
+    assert busy_seconds([(5, 6), (0, 2), (1, 3)]) == 4  # overlapping streams count once
+    assert busy_seconds([(0, 10), (2, 3), (4, 5)]) == 10  # nested
+    assert busy_seconds([(0, 1), (1, 2)]) == 2  # back to back
 
 
 def test_benchmark_smoke(tmp_path):
-    modes = ["fp32", "bf16", "channels_last", "best"]
+    modes = ["fp32", "bf16", "channels_last", "no_sync", "best"]
     report = run_benchmark(tmp_path, "models=[pix2pix,cyclegan]", f"modes=[{','.join(modes)}]", "isolate=false",
                            f"reference={ROOT / 'benchmarks' / 'reference_cpu.yaml'}")
     check_report(report, ["pix2pix", "cyclegan"], modes)
+    for summary in report["models"].values():
+        assert all(r["s_per_iteration_window"] > 0 and r["synchronised_each_step"] for r in summary["modes"])
+
+
+def test_benchmark_window_timing_without_per_step_sync(tmp_path):
+    """step_sync=false (the CUDA default): the timed steps are one window, synchronised at its ends; s/it and
+    +data are its mean."""
+    report = run_benchmark(tmp_path, "models=[pix2pix]", "modes=[fp32]", "step_sync=false", "iterations=3")
+    (fp32,) = report["models"]["pix2pix"]["modes"]
+    assert not fp32["synchronised_each_step"] and fp32["s_per_iteration_window"] > 0
+    assert fp32["s_per_iteration"] == fp32["s_per_iteration_with_data"] == fp32["s_per_iteration_window"]
 
 
 def test_reference_file_is_checked(tmp_path):

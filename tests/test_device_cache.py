@@ -159,6 +159,8 @@ def test_gpu_fast_switches(tmp_path):
     cfg = compose_train(["trainer=gpu_fast", "experiment=facades_pix2pix", "data.root=/unused"])
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("gpu", "bf16-mixed")
     assert cfg.model.channels_last and cfg.model.compile and cfg.data.device_cache and cfg.optim.fused
+    assert cfg.model.compile_mode == "reduce-overhead" and cfg.model.nonfinite_check == "deferred"
+    assert cfg.callbacks.progress_bar.metrics_every_n_batches == cfg.trainer.log_every_n_steps == 50
     assert cfg.trainer.max_epochs == 200 and cfg.data.direction == "BtoA"  # the experiment still applies
     cfg = compose_train([*TINY_OVERRIDES, "trainer=gpu_fast", "trainer.accelerator=cpu", "model.compile=false"],
                         tmp_path)

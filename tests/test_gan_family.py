@@ -30,9 +30,10 @@ RUN = [
 TINY = {
     "dcgan": ["experiment=demo_dcgan", "discriminator.ndf=8"],
     "cgan": ["experiment=demo_cgan", "discriminator.ndf=8"],
-    # Also the switches: the information loss in D's step, a fully connected feature layer shared by D and Q.
+    # Also the switches: the information loss in D's step, fully connected layers in G and in D (shared with Q).
     "infogan": ["experiment=demo_infogan", "discriminator.ndf=8", "model.q_hidden=16", "model.noise_dim=8",
-                "model.info_in_discriminator_step=true", "discriminator.fc_features=16", "model.generator_lr=0.001"],
+                "model.info_in_discriminator_step=true", "discriminator.fc_features=16", "generator.fc_features=16",
+                "model.generator_lr=0.001"],
     "aae": ["experiment=demo_aae", "model.encoder.nef=8", "discriminator.hidden=16", "model.latent_dim=4"],
 }
 LOSSES = {

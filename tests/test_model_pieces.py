@@ -18,17 +18,21 @@ from gan_translate.models.norm_modes import EvalNormMode
 class Regression(NonFiniteLossPolicy, pl.LightningModule):
     """A plain one-optimizer model (no GAN) using only the non-finite policy; batch 2 of every epoch is NaN."""
 
-    def __init__(self, policy: str) -> None:
+    def __init__(self, policy: str, check: str = "step", fused: bool | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.set_nonfinite_policy(policy)
+        self.set_nonfinite_policy(policy, check)
+        self.fused = fused
+        torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
 
     def optimizer_groups(self):
         return {"net": self.net.parameters()}
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.net.parameters(), lr=0.1)
+        if self.fused is None:
+            return torch.optim.SGD(self.net.parameters(), lr=0.1)
+        return torch.optim.Adam(self.net.parameters(), lr=0.1, fused=self.fused)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -42,9 +46,10 @@ class Regression(NonFiniteLossPolicy, pl.LightningModule):
             opt.step()
 
 
-def fit(model: pl.LightningModule, *callbacks: pl.Callback) -> pl.Trainer:
-    data = TensorDataset(torch.randn(16, 2), torch.randn(16, 1))
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+def fit(model: pl.LightningModule, *callbacks: pl.Callback, max_epochs: int = 1) -> pl.Trainer:
+    data = TensorDataset(torch.randn(16, 2, generator=torch.Generator().manual_seed(1)),
+                         torch.randn(16, 1, generator=torch.Generator().manual_seed(2)))
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
     trainer.fit(model, DataLoader(data, batch_size=4))
     return trainer
@@ -79,6 +84,55 @@ def test_nonfinite_skip_drops_the_step_and_restores_norm_statistics():
 def test_nonfinite_policy_name_is_checked():
     with pytest.raises(ValueError, match=r"model.nonfinite must be one of \('raise', 'skip', 'ignore'\)"):
         Regression("drop")
+    with pytest.raises(ValueError, match=r"model.nonfinite_check must be one of \('step', 'deferred'\)"):
+        Regression("skip", "later")
+
+
+class Watch(pl.Callback):
+    """Records the weights, norm statistics and Adam step counts before every batch (callbacks' batch hooks run
+    before the model's: batch i's start sees batch i - 1 fully done)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        state = trainer.optimizers[0].state
+        self.seen.append({
+            "stats": pl_module.net[1].running_mean.clone(), "weights": pl_module.net[0].weight.detach().clone(),
+            "adam_steps": [float(s["step"]) for s in state.values()],
+        })
+
+
+def test_deferred_guard_drops_the_update_on_the_device_like_the_host_check():
+    """nonfinite_check=deferred: the fused optimizer's found_inf leaves weights, moments and step count as they
+    were, the norm statistics are put back, and the host hears of it at the epoch's end; the final weights
+    equal those of the host-side skip."""
+    host, device = Regression("skip", "step", fused=True), Regression("skip", "deferred", fused=True)
+    with pytest.warns(UserWarning, match="skipped a step"):
+        fit(host, max_epochs=2)
+    watch = Watch()
+    with pytest.warns(UserWarning, match=r"skipped a step: 1 non-finite loss\(es\) .*the net loss at global step 2 "):
+        fit(device, watch, max_epochs=2)
+    assert device.skipped_steps == 2  # one per epoch, counted at each epoch's end
+    before, after = watch.seen[2], watch.seen[3]  # around the NaN batch 2 of epoch 0
+    assert torch.equal(before["stats"], after["stats"]) and torch.equal(before["weights"], after["weights"])
+    assert before["adam_steps"] == after["adam_steps"] == [2.0] * len(before["adam_steps"])
+    assert not torch.equal(watch.seen[1]["weights"], before["weights"])  # ordinary batches did update
+    for (name, p_host), p_device in zip(host.state_dict().items(), device.state_dict().values(), strict=True):
+        assert torch.equal(p_host, p_device), name
+
+
+def test_deferred_raise_stops_at_the_check_with_finite_weights():
+    model = Regression("raise", "deferred", fused=True)
+    with pytest.raises(NonFiniteLossError, match=r"the net loss at global step 2 .*the weights are still finite"):
+        fit(model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(model.net[1].running_mean).all()
+
+
+def test_deferred_guard_needs_a_fused_optimizer():
+    with pytest.raises(ValueError, match=r"model.nonfinite_check=deferred .* set optim.fused=true"):
+        fit(Regression("skip", "deferred", fused=False))
 
 
 class Normed(EvalNormMode, pl.LightningModule):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from pytorch_lightning.plugins.precision import MixedPrecision
 from tiny_runs import tiny_config
@@ -60,6 +61,11 @@ def test_bf16_mixed_trains_under_autocast(tmp_path, method):
     trainer.fit(model, datamodule=instantiate(cfg.data))
     assert torch.bfloat16 in dtypes  # the precision plugin's autocast covered the manual steps
     assert_trained(model, initial, {k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def test_compile_mode_is_checked(tmp_path):
+    with pytest.raises(InstantiationException, match=r"model.compile_mode must be one of \('default', 'reduce-overhead'"):
+        build_model(tiny_config("pix2pix", tmp_path, "model.compile_mode=graphs"))
 
 
 def test_gradient_penalty_is_fp32_under_autocast():
@@ -161,10 +167,13 @@ def test_channels_last_fit(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gan_mode", ["vanilla", "wgangp"])
-def test_compile_fit(tmp_path, gan_mode):
-    """torch.compile (inductor; on CPU it builds C++ with gcc). Under WGAN-GP D stays eager (double backward)."""
-    cfg = tiny_config("pix2pix", tmp_path, "model.compile=true", f"loss.gan_mode={gan_mode}", train_length=4)
+@pytest.mark.parametrize(("gan_mode", "mode"), [("vanilla", "default"), ("wgangp", "default"),
+                                                ("vanilla", "reduce-overhead")])
+def test_compile_fit(tmp_path, gan_mode, mode):
+    """torch.compile (inductor; on CPU it builds C++ with gcc). Under WGAN-GP D stays eager (double backward).
+    reduce-overhead (CUDA graphs, trainer=gpu_fast) compiles as default off CUDA, so the switch trains here too."""
+    cfg = tiny_config("pix2pix", tmp_path, "model.compile=true", f"model.compile_mode={mode}",
+                      f"loss.gan_mode={gan_mode}", train_length=4)
     model, initial, metrics = fit(cfg)
     assert model.generator._compiled_call_impl is not None
     assert (model.discriminator._compiled_call_impl is None) == (gan_mode == "wgangp")

@@ -22,7 +22,7 @@ from gan_translate.train import CONF_DIR, train
 # refreshed every 4 steps (and at each epoch end); the run is killed one batch (2 steps) after the checkpoint
 # of step 12 (the middle of the second epoch) or 8, so the batch trained after it is lost.
 COMMON = [
-    "generator.ngf=8", "discriminator.ndf=8", "data.size=32", "data.train_length=4", "data.batch_size=1",
+    "generator.ngf=8", "discriminator.ndf=8", "data.train_length=4", "data.batch_size=1",
     "data.val_length=2", "data.val_batch_size=2", "trainer.max_epochs=2", "trainer.accelerator=cpu",
     "trainer.deterministic=true", "trainer.num_sanity_val_steps=0", "seed=7", "logger=none",
     "callbacks.interval_checkpoint.every_n_train_steps=4", "callbacks.progress_bar=null",
@@ -30,9 +30,12 @@ COMMON = [
 ]
 MODELS = {
     # dropout in the U-Net, random flips
-    "pix2pix": ["generator.num_downs=5"],
+    "pix2pix": ["data.size=32", "generator.num_downs=5"],
     # random B pairing, random flips, image pools
-    "cyclegan": ["experiment=shapes_cyclegan", "generator.n_blocks=1", "model.pool_size=4"],
+    "cyclegan": ["data.size=32", "experiment=shapes_cyclegan", "generator.n_blocks=1", "model.pool_size=4"],
+    # generation from noise: random z and codes drawn every batch, a Q head stepped with G (16 px digits)
+    "infogan": ["experiment=demo_infogan", "data.image_size=16", "model.q_hidden=16", "model.noise_dim=8",
+                "data.train_length=8", "data.batch_size=2"],  # batch norm in the Q head needs 2 per batch
 }
 
 
@@ -84,11 +87,12 @@ def uninterrupted(tmp_path_factory):
         ("pix2pix", 0, 12, []),
         ("pix2pix", 2, 12, []),
         ("cyclegan", 2, 12, []),
+        ("infogan", 2, 12, []),
         # Due at the first epoch's last batch, so written after its validation and scheduler step (interval
         # checkpoints only); the resumed loader's workers must start in the second epoch's order.
         ("pix2pix", 2, 8, ["callbacks.best_checkpoint=null"]),
     ],
-    ids=["pix2pix-0workers", "pix2pix-2workers", "cyclegan-2workers", "pix2pix-2workers-epoch-end"],
+    ids=["pix2pix-0workers", "pix2pix-2workers", "cyclegan-2workers", "infogan-2workers", "pix2pix-2workers-epoch-end"],
 )
 def test_sigkill_after_interval_checkpoint_then_resume_matches_uninterrupted_run(
     tmp_path, uninterrupted, model, workers, saved_at, extra

@@ -64,6 +64,29 @@ def test_cyclegan_skip_mode_keeps_nonfinite_fakes_out_of_the_pools(tmp_path):
     assert last["global_step"] == 4
 
 
+@pytest.mark.parametrize("experiment", ["pix2pix", "cyclegan"])
+def test_deferred_check_matches_the_host_check(tmp_path, experiment):
+    """model.nonfinite_check=deferred (no host synchronisation per step): the same final weights as the host-side
+    skip for the same seed, no NaN in the pools; under raise it stops at the epoch's check with last.ckpt
+    from before the bad steps."""
+    extra = ["experiment=shapes_cyclegan", "generator.n_blocks=2", "model.pool_size=16"] if experiment == "cyclegan" else []
+    runs = {}
+    for check in ("step", "deferred"):
+        with pytest.warns(UserWarning, match="skipped a step"):
+            fit(tmp_path / check, *extra, "trainer.max_epochs=2", "model.nonfinite=skip", f"model.nonfinite_check={check}")
+        runs[check] = torch.load(tmp_path / check / "checkpoints/last.ckpt", weights_only=True)
+    state = runs["deferred"]["state_dict"]
+    assert not nonfinite_entries(state)
+    for name, value in runs["step"]["state_dict"].items():
+        assert torch.equal(value, state[name]), name
+    if experiment == "cyclegan":
+        assert all(torch.isfinite(pool["images"]).all() for pool in runs["deferred"]["image_pools"].values())
+    with pytest.raises(NonFiniteLossError, match=r"loss\(es\) since the last check, the first of them the"):
+        fit(tmp_path / "raise", *extra, "trainer.max_epochs=3", "model.nonfinite_check=deferred")
+    last = torch.load(tmp_path / "raise" / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and not nonfinite_entries(last["state_dict"])
+
+
 @pytest.mark.slow
 def test_memory_stays_flat_over_many_epochs(tmp_path):
     """RSS after epoch 10 vs after epoch 60 of tiny epochs, sample grids and validation history on."""

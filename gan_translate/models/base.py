@@ -34,6 +34,9 @@ from gan_translate.models.nonfinite import NonFiniteLossError, NonFiniteLossPoli
 from gan_translate.models.norm_modes import EvalNormMode
 
 CHECKPOINT_KEY = "gan_translate"
+# torch.compile modes; the first two replay CUDA graphs (on CUDA devices only: elsewhere they compile as default).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 log = logging.getLogger(__name__)
 __all__ = ["CHECKPOINT_KEY", "GANModule", "NonFiniteLossError", "build_network", "expect_loss"]
 
@@ -71,13 +74,15 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         gradient_clip_val: float | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: str = "default",
         metrics: Callable[..., nn.Module] | nn.Module | None = None,
         metrics_every_n_epochs: int = 1,
         test_batch_stats: bool = False,
         nonfinite: str = "raise",
+        nonfinite_check: str = "step",
     ) -> None:
         super().__init__()
-        self.set_nonfinite_policy(nonfinite)  # see models/nonfinite.py
+        self.set_nonfinite_policy(nonfinite, nonfinite_check)  # see models/nonfinite.py
         self.automatic_optimization = False
         self.input_nc, self.output_nc = input_nc, output_nc
         self.optimizer_factory = optimizer
@@ -86,6 +91,9 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.channels_last = channels_last
         self.compile_networks = compile
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        self.compile_mode = compile_mode
         self.run_config: dict | None = None  # the composed Hydra config, set by the entry point
         # A factory gets told whether targets are pixel-aligned (pix2pix) or only same-domain (CycleGAN).
         self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
@@ -125,7 +133,21 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
                 if double_backward and name.startswith("discriminator"):
                     log.info("model.compile: %s stays eager (the gradient penalty needs double backward)", name)
                     continue
-                network.compile()  # in place: state_dict keys stay unprefixed
+                network.compile(mode=self.compile_mode)  # in place: state_dict keys stay unprefixed
+
+    # CUDA graphs (compile_mode=reduce-overhead): a graph's outputs live in memory its next replay reuses. A GAN
+    # calls D several times per batch, so each batch starts a new "step" of the graph trees explicitly.
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._mark_cuda_graph_step()
+        super().on_train_batch_start(batch, batch_idx)
+
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        self._mark_cuda_graph_step()
+        super().on_validation_batch_start(batch, batch_idx, dataloader_idx)
+
+    def _mark_cuda_graph_step(self) -> None:
+        if self.compile_networks and self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
@@ -187,6 +209,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()  # the deferred non-finite check (models/nonfinite.py) comes first
         schedulers = self.lr_schedulers()
         if schedulers is None:
             return
@@ -228,6 +251,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
 
     # ----- checkpoint -----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_KEY] = {
             "version": gan_translate.__version__,
             "model_class": f"{type(self).__module__}.{type(self).__qualname__}",

@@ -132,11 +132,14 @@ class CycleGAN(GANModule):
             # nonfinite=skip dropped the G step: the fakes of this forward may be NaN/Inf, and in the pools
             # they would reach D again for many batches. The D step of this batch is dropped too.
             return
+        # nonfinite_check=deferred cannot know yet: the flag keeps such fakes out of the pools on the device,
+        # and the guard drops this batch's D update as well.
+        bad = self.batch_nonfinite if self.deferred_guard else None
 
         # 2) Discriminators, on fakes drawn from the history pools.
         with self.updating(opt_d):
-            losses["loss_D_A"] = self.discriminator_loss(self.discriminator_A, real_b, self.fake_B_pool.query(fake_b))
-            losses["loss_D_B"] = self.discriminator_loss(self.discriminator_B, real_a, self.fake_A_pool.query(fake_a))
+            losses["loss_D_A"] = self.discriminator_loss(self.discriminator_A, real_b, self.fake_B_pool.query(fake_b, bad))
+            losses["loss_D_B"] = self.discriminator_loss(self.discriminator_B, real_a, self.fake_A_pool.query(fake_a, bad))
             d_terms = {k: losses[k] for k in ("loss_D_A", "loss_D_B")}
             self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"], d_terms)
 

@@ -23,18 +23,23 @@ class ImagePool:
         return len(self.images)
 
     @torch.no_grad()
-    def query(self, images: torch.Tensor) -> torch.Tensor:
+    def query(self, images: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Tensor:
+        """``bad``: a 0-dim bool device flag (the deferred non-finite guard's) saying that ``images`` must not
+        be kept, decided without reading it on the host: a swap then writes the old image back, and while
+        the pool is still filling, a grey image (zeros) stands in."""
         if self.size == 0:
             return images.detach()
         returned = []
         for image in images.detach():
+            kept = image if bad is None else torch.where(bad, torch.zeros_like(image), image)
             if len(self.images) < self.size:
-                self.images.append(image.clone())
+                self.images.append(kept.clone())
                 returned.append(image)
             elif torch.rand(()) < 0.5:
                 index = int(torch.randint(len(self.images), ()))
-                returned.append(self.images[index].to(image.device))
-                self.images[index] = image.clone()
+                old = self.images[index].to(image.device)
+                returned.append(old)
+                self.images[index] = image.clone() if bad is None else torch.where(bad, old, image)
             else:
                 returned.append(image)
         return torch.stack(returned)

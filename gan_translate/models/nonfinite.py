@@ -4,7 +4,20 @@
   and the step (no checkpoint is written after it);
 - skip: drop that optimizer step (and restore the norm layers' running statistics the bad forward pass
   changed), count it in ``train/skipped_steps``, go on;
-- ignore: no check at all (no host synchronisation per step).
+- ignore: no check at all.
+
+When the host learns about it: ``model.nonfinite_check``:
+
+- step: each loss is read on the host before its update (one host-device synchronisation per optimizer step,
+  which a GPU running batch-1 steps of a few milliseconds cannot afford);
+- deferred: nothing is read per step. A device-side guard drops the update instead: the loss's "not finite" flag
+  is handed to the fused optimizer as ``found_inf`` (the mechanism GradScaler uses, so the kernel itself leaves
+  weights, moments and step count untouched), and at the end of the batch the norm layers' running statistics
+  are put back with ``torch.where``. Once a loss of a batch is non-finite, the batch's later updates are dropped
+  too (their inputs derive from it). The host reads the flags at check points: every
+  ``trainer.log_every_n_steps`` batches, at the end of each epoch and before every checkpoint; then ``raise``
+  stops (the guard kept the weights finite, and no checkpoint is written after the bad step) and ``skip``
+  warns and logs ``train/skipped_steps``. Needs fused optimizers (``optim.fused=true``) and no GradScaler.
 
 A mixin for LightningModules that optimize manually: ``optimization_step`` asks ``loss_is_usable`` first.
 """
@@ -15,6 +28,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
+NONFINITE_CHECKS = ("step", "deferred")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -26,17 +40,30 @@ class NonFiniteLossPolicy:
     training step whether an earlier update of the same batch was dropped."""
 
     nonfinite: str = "raise"
+    nonfinite_check: str = "step"
     skipped_steps: int = 0
-    step_skipped: bool = False
+    step_skipped: bool = False  # nonfinite_check=step only; deferred: ``batch_nonfinite`` (a device flag)
+    batch_nonfinite: torch.Tensor | None = None
+    _guard_log: list[tuple[int, int]] = []
 
-    def set_nonfinite_policy(self, policy: str) -> None:
+    def set_nonfinite_policy(self, policy: str, check: str = "step") -> None:
         if policy not in NONFINITE_POLICIES:
             raise ValueError(f"model.nonfinite must be one of {NONFINITE_POLICIES}, got {policy!r}")
-        self.nonfinite = policy
+        if check not in NONFINITE_CHECKS:
+            raise ValueError(f"model.nonfinite_check must be one of {NONFINITE_CHECKS}, got {check!r}")
+        self.nonfinite, self.nonfinite_check = policy, check
+
+    @property
+    def deferred_guard(self) -> bool:
+        return self.nonfinite != "ignore" and self.nonfinite_check == "deferred"
 
     def loss_is_usable(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None = None) -> bool:
-        """False: skip this update. Raises under ``raise``."""
+        """False: skip this update. Raises under ``raise``. Deferred: always True; the flag goes to the
+        optimizer's next step (call this before every step of a guarded optimizer)."""
         if self.nonfinite == "ignore":
+            return True
+        if self.nonfinite_check == "deferred":
+            self._guard_on_device(optimizer, loss)
             return True
         finite = torch.isfinite(loss.detach()).all().float()
         if self.nonfinite == "skip" and self.trainer.world_size > 1:
@@ -66,12 +93,78 @@ class NonFiniteLossPolicy:
         return (f"{which} loss is {float(loss.detach().float())} at global step {self.trainer.global_step} "
                 f"(epoch {self.current_epoch})" + (f": {values}" if values else ""))
 
-    # skip: a bad batch's forward pass has already updated the norm layers' running statistics; they are
-    # put back as they were before the batch (a small copy: norm buffers are per channel).
+    # ----- deferred: the guard on the device, the host check at check points -----
+    def _guard_on_device(self, optimizer, loss: torch.Tensor) -> None:
+        inner = getattr(optimizer, "optimizer", optimizer)  # under the LightningOptimizer wrapper
+        if not getattr(inner, "_step_supports_amp_scaling", False):
+            raise ValueError(
+                f"model.nonfinite_check=deferred drops bad updates inside a fused optimizer; {type(inner).__name__} "
+                "is not one: set optim.fused=true (Adam, AdamW, SGD), or model.nonfinite_check=step"
+            )
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(
+                f"model.nonfinite_check=deferred cannot share the optimizer's found_inf with the GradScaler of "
+                f"trainer.precision={self.trainer.precision}: use bf16-mixed (no scaler), or model.nonfinite_check=step"
+            )
+        bad = ~torch.isfinite(loss.detach()).all()
+        if self.trainer.world_size > 1:  # every rank drops the update together (the gradients are all-reduced)
+            bad = self.trainer.strategy.reduce(bad.float(), reduce_op="max") > 0
+        if self.batch_nonfinite is None:
+            self._guard_log = []
+            self.batch_nonfinite = torch.zeros((), dtype=torch.bool, device=loss.device)
+        self.batch_nonfinite = self.batch_nonfinite | bad
+        inner.found_inf = self.batch_nonfinite.float()  # read by the fused kernel at the next step()
+        # Which update was the first bad one: the host logs (global step, optimizer) per guarded update, the
+        # device the count of bad ones and the log position of the first (python scalars: no host-to-device copy).
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        self._guard_log.append((self.trainer.global_step, next((i for i, o in enumerate(optimizers) if o is optimizer), -1)))
+        record = self._nonfinite_record(loss.device)
+        record[1] = torch.where(bad & (record[0] == 0), len(self._guard_log) - 1, record[1])
+        record[0] += bad.long()
+
+    def _nonfinite_record(self, device: torch.device) -> torch.Tensor:
+        """[bad updates since the last check, position in ``_guard_log`` of the first] on the device."""
+        if getattr(self, "_nonfinite_counts", None) is None:
+            self._nonfinite_counts = torch.zeros(2, dtype=torch.long, device=device)
+        return self._nonfinite_counts
+
+    def check_nonfinite(self, log: bool = True) -> None:
+        """Deferred: read the device flags (one synchronisation); raise or warn about bad updates since the last.
+        ``log=False`` where Lightning allows no ``self.log`` (checkpoint hooks): the count is logged next time."""
+        if not self.deferred_guard or getattr(self, "_nonfinite_counts", None) is None:
+            return
+        count, position = self._nonfinite_counts.tolist()
+        updates, self._guard_log = self._guard_log, []
+        if count:
+            self._report_nonfinite(count, *updates[position])
+            self._nonfinite_counts.zero_()
+        if log and self.skipped_steps != getattr(self, "_skipped_steps_logged", 0):
+            self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max", batch_size=1)
+            self._skipped_steps_logged = self.skipped_steps
+
+    def _report_nonfinite(self, count: int, step: int, index: int) -> None:
+        names = list(self.optimizer_groups())
+        which = names[index] if 0 <= index < len(names) else "optimizer"
+        where = (f"{count} non-finite loss(es) since the last check, the first of them the {which} loss at global "
+                 f"step {step} (epoch {self.current_epoch}); the device-side guard dropped those updates")
+        if self.nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"{where}, so the weights are still finite, and no checkpoint was written after it. Lower the "
+                "learning rate, set model.gradient_clip_val, or use model.nonfinite=skip to train on."
+            )
+        self.skipped_steps += count
+        rank_zero_warn(f"skipped a step: {where} ({self.skipped_steps} skipped so far)")
+
+    # A bad batch's forward pass has already updated the norm layers' running statistics (and batch counts);
+    # they are put back as they were before the batch (a small copy: norm buffers are per channel). Deferred:
+    # by torch.where.
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.step_skipped = False
-        if self.nonfinite == "skip":
-            self._buffers_before = {n: b.clone() for n, b in self.named_buffers() if b.is_floating_point()}
+        if self.nonfinite == "skip" or self.deferred_guard:
+            self._buffers_before = {n: b.clone() for n, b in self.named_buffers()}
+        if self.deferred_guard and self.batch_nonfinite is not None:
+            self.batch_nonfinite = torch.zeros_like(self.batch_nonfinite)
         super().on_train_batch_start(batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -79,4 +172,18 @@ class NonFiniteLossPolicy:
             buffers = dict(self.named_buffers())
             for name, value in self._buffers_before.items():
                 buffers[name].copy_(value)
+        elif self.deferred_guard and self.batch_nonfinite is not None:
+            buffers = dict(self.named_buffers())
+            for name, value in self._buffers_before.items():
+                buffers[name].copy_(torch.where(self.batch_nonfinite, value, buffers[name]))
+            if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+                self.check_nonfinite()
         super().on_train_batch_end(outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.check_nonfinite()
+        super().on_train_epoch_end()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_nonfinite(log=False)  # raise before a checkpoint is written after a bad step
+        super().on_save_checkpoint(checkpoint)

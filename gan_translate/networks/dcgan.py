@@ -77,6 +77,7 @@ class DCGANGenerator(nn.Module):
         norm: str = "batch",
         num_classes: int = 0,
         class_embedding: int | None = None,
+        fc_features: int | None = None,
         init_type: str = "normal",
         init_gain: float = 0.02,
     ) -> None:
@@ -87,9 +88,14 @@ class DCGANGenerator(nn.Module):
         self.embedding = nn.Embedding(num_classes, class_embedding) if num_classes and class_embedding else None
         label_dim = (class_embedding or num_classes) if num_classes else 0
         make_norm, bias = norm_layer(norm), uses_bias(norm)
-        channels = ngf * 2 ** (doublings - 1)
-        layers: list[nn.Module] = [  # 1x1 -> base x base
-            nn.ConvTranspose2d(latent_dim + label_dim, channels, kernel_size=base, stride=1, padding=0, bias=bias),
+        channels, in_features = ngf * 2 ** (doublings - 1), latent_dim + label_dim
+        layers: list[nn.Module] = []
+        if fc_features:  # InfoGAN's G: a fully connected layer first (a 1x1 transposed conv on the 1x1 input)
+            layers += [nn.ConvTranspose2d(in_features, fc_features, kernel_size=1, bias=bias), make_norm(fc_features),
+                       nn.ReLU(True)]
+            in_features = fc_features
+        layers += [  # 1x1 -> base x base
+            nn.ConvTranspose2d(in_features, channels, kernel_size=base, stride=1, padding=0, bias=bias),
             make_norm(channels),
             nn.ReLU(True),
         ]
