@@ -1,12 +1,22 @@
-"""Quality run: pix2pix on facades (labels -> photo), then FID/KID/LPIPS/SSIM/PSNR/L1 on the val split.
+"""Quality run: pix2pix on facades (labels -> photo), then FID/KID/LPIPS/SSIM/PSNR/L1 against the real photos.
 
-    python scripts/quality_facades.py --setting cpu    # 128 px, unet_128, fixed epochs: feasible on a CPU
-    python scripts/quality_facades.py --setting paper  # the paper's 256 px, unet_256, 200 epochs (use a GPU)
+    python scripts/quality_facades.py --setting cpu    # 128 px, unet_128, fixed epochs: feasible on a CPU; val split
+    python scripts/quality_facades.py --setting paper  # the paper's recipe (256 px, unet_256, batch 1, 200 epochs;
+                                                       # use a GPU, e.g. trainer=gpu_fast); the 106 test images
+
+The protocol (``--setting paper``): the trained generator translates every image of the split (test: 106) at
+256x256 in two test-time modes, each scored on its own:
+- ``paper``: what the reference test script does by default (no ``model.eval()``): dropout on (seeded) and batch
+  norm with each image's own statistics (batch 1, so per-image normalisation);
+- ``eval``: dropout off, batch norm with the running statistics of training.
+FID and KID use the standard FID Inception network (pool features, 2048-d) on the outputs against the split's
+real photos after the same eval transform (resize to 256); L1 (on [0, 1]), PSNR, SSIM and LPIPS (AlexNet) are
+paired with those photos.
 
 Stages (default all): ``train`` runs `python -m gan_translate.train experiment=facades_pix2pix ...`;
-``translate`` writes the val outputs and their targets (the val photos after the eval transform) as PNGs;
-``score`` runs the metrics on those folders (gan_translate.metrics.evaluate_folders) and writes
-``<out>/quality.json`` and a sample grid. Stages can run on different machines (e.g. train/translate on
+``translate`` writes, per mode, the outputs and the targets as PNGs (``<split>_output_<mode>/``,
+``<split>_target/``); ``score`` runs the metrics on those folders (gan_translate.metrics.evaluate_folders) and
+writes ``<out>/quality.json`` (one entry per mode) and a sample grid (``--grid``, default ``<out>/quality_samples.png``). Stages can run on different machines (e.g. train/translate on
 a GPU, score where the FID weights are). FID/KID need the Inception file (`python -m gan_translate.weights fetch
 fid` caches it; or metrics.fid_weights / $GAN_TRANSLATE_FID_WEIGHTS); without it only the pixel metrics run.
 """
@@ -28,6 +38,9 @@ SETTINGS = {
     "paper": [],
 }
 DEFAULT_EPOCHS = {"cpu": 20, "paper": 200}
+DEFAULT_SPLIT = {"cpu": "val", "paper": "test"}
+# Test-time modes: (dropout on, batch norm with the batch's own statistics).
+MODES = {"paper": (True, True), "eval": (False, False)}
 
 
 def train(args) -> None:
@@ -47,16 +60,22 @@ def translate(args) -> None:
     model = model_from_checkpoint(args.out / "checkpoints" / "last.ckpt")
     data = {k: v for k, v in model.run_config["data"].items() if k != "_target_"}
     data["root"] = str(args.data)
-    dataset = AlignedDataModule(**data).make_dataset("val", train=False)
-    translator = Translator(
-        model.generator_for(None), input_nc=model.source_channels(), batch_stats=model.test_batch_stats
-    )
-    for folder in ("val_output", "val_target"):
-        (args.out / folder).mkdir(exist_ok=True)
-    for item in dataset:
-        output = translator.translate(item["A"])
-        Translator.to_pil(output).save(args.out / "val_output" / f"{item['name']}.png")
-        Translator.to_pil(item["B"]).save(args.out / "val_target" / f"{item['name']}.png")
+    dataset = AlignedDataModule(**data).make_dataset(args.split, train=False)
+    targets, inputs = args.out / f"{args.split}_target", args.out / f"{args.split}_input"
+    targets.mkdir(exist_ok=True)
+    inputs.mkdir(exist_ok=True)
+    for mode in MODES:
+        dropout, batch_stats = MODES[mode]
+        translator = Translator(model.generator_for(None), input_nc=model.source_channels(), dropout=dropout,
+                                batch_stats=batch_stats)
+        outputs = args.out / f"{args.split}_output_{mode}"
+        outputs.mkdir(exist_ok=True)
+        torch.manual_seed(args.seed)  # the paper mode's dropout masks
+        for item in dataset:  # one image at a time: batch statistics of one image, as in the reference
+            Translator.to_pil(translator.translate(item["A"])).save(outputs / f"{item['name']}.png")
+            if mode == next(iter(MODES)):
+                Translator.to_pil(item["B"]).save(targets / f"{item['name']}.png")
+                Translator.to_pil(item["A"]).save(inputs / f"{item['name']}.png")
 
 
 def score(args) -> None:
@@ -71,14 +90,22 @@ def score(args) -> None:
         paired=True, lpips=has_lpips, fid=has_fid, kid=has_fid, fid_weights=args.fid_weights,
         lpips_weights=args.lpips_weights,
     )
-    values = evaluate_folders(args.out / "val_output", args.out / "val_target", metrics)
-    names = sorted(p.stem for p in (args.out / "val_output").glob("*.png"))[:6]
-    grid = sample_grid({
-        "output": torch.stack([load_image(args.out / "val_output" / f"{n}.png") for n in names]),
-        "target": torch.stack([load_image(args.out / "val_target" / f"{n}.png") for n in names]),
-    })
-    save_image(grid, args.out / "quality_samples.png")
-    report = {"setting": args.setting, "epochs": args.epochs, "seed": args.seed, "split": "val", **values}
+    targets = args.out / f"{args.split}_target"
+    scores = {}
+    for mode in MODES:
+        values = evaluate_folders(args.out / f"{args.split}_output_{mode}", targets, metrics)
+        scores[mode] = {"dropout": MODES[mode][0], "batch_statistics": MODES[mode][1], **values}
+    names = sorted(p.stem for p in targets.glob("*.png"))[:6]
+    images = {"input": torch.stack([load_image(args.out / f"{args.split}_input" / f"{n}.png") for n in names])}
+    for mode in MODES:
+        images[f"output ({mode})"] = torch.stack(
+            [load_image(args.out / f"{args.split}_output_{mode}" / f"{n}.png") for n in names])
+    images["target"] = torch.stack([load_image(targets / f"{n}.png") for n in names])
+    grid_path = args.grid or args.out / "quality_samples.png"
+    save_image(sample_grid(images), grid_path)
+    report = {"setting": args.setting, "epochs": args.epochs, "seed": args.seed, "split": args.split,
+              "num_images": len(list(targets.glob("*.png"))), "fid_network": "FID Inception-v3 (pool, 2048-d)"
+              if has_fid else None, "modes": scores, "grid": str(grid_path)}
     (args.out / "quality.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
@@ -90,6 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="run folder (default outputs/quality/facades_SETTING)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=["val", "test"], default=None, help="default: val (cpu), test (paper)")
+    parser.add_argument("--grid", type=Path, default=None, help="sample grid path (default <out>/quality_samples.png)")
     parser.add_argument("--stage", choices=["all", "train", "translate", "score"], default="all")
     parser.add_argument("--fid-weights", default=None)
     parser.add_argument("--lpips-weights", default=None)
@@ -98,6 +127,7 @@ def main() -> None:
     args.out = (args.out or Path(f"outputs/quality/facades_{args.setting}")).resolve()
     args.data = args.data.resolve()
     args.epochs = args.epochs or DEFAULT_EPOCHS[args.setting]
+    args.split = args.split or DEFAULT_SPLIT[args.setting]
     if args.stage in ("all", "train"):
         train(args)
     if args.stage in ("all", "translate"):
