@@ -84,14 +84,20 @@ class NonFiniteLossPolicy:
         return False
 
     def _describe(self, optimizer, loss: torch.Tensor, terms: dict[str, torch.Tensor] | None) -> str:
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        names = list(self.optimizer_groups())
-        index = next((i for i, opt in enumerate(optimizers) if opt is optimizer), None)
-        which = names[index] if index is not None and index < len(names) else "optimizer"
+        which = self._optimizer_name(self._optimizer_index(optimizer))
         values = ", ".join(f"{name}={float(value.detach().float()):.4g}" for name, value in (terms or {}).items())
         return (f"{which} loss is {float(loss.detach().float())} at global step {self.trainer.global_step} "
                 f"(epoch {self.current_epoch})" + (f": {values}" if values else ""))
+
+    def _optimizer_index(self, optimizer) -> int:
+        """Position of ``optimizer`` in ``self.optimizers()`` (-1: not one of them)."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return next((i for i, opt in enumerate(optimizers) if opt is optimizer), -1)
+
+    def _optimizer_name(self, index: int) -> str:
+        names = list(self.optimizer_groups())
+        return names[index] if 0 <= index < len(names) else "optimizer"
 
     # ----- deferred: the guard on the device, the host check at check points -----
     def _guard_on_device(self, optimizer, loss: torch.Tensor) -> None:
@@ -116,9 +122,7 @@ class NonFiniteLossPolicy:
         inner.found_inf = self.batch_nonfinite.float()  # read by the fused kernel at the next step()
         # Which update was the first bad one: the host logs (global step, optimizer) per guarded update, the
         # device the count of bad ones and the log position of the first (python scalars: no host-to-device copy).
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        self._guard_log.append((self.trainer.global_step, next((i for i, o in enumerate(optimizers) if o is optimizer), -1)))
+        self._guard_log.append((self.trainer.global_step, self._optimizer_index(optimizer)))
         record = self._nonfinite_record(loss.device)
         record[1] = torch.where(bad & (record[0] == 0), len(self._guard_log) - 1, record[1])
         record[0] += bad.long()
@@ -144,8 +148,7 @@ class NonFiniteLossPolicy:
             self._skipped_steps_logged = self.skipped_steps
 
     def _report_nonfinite(self, count: int, step: int, index: int) -> None:
-        names = list(self.optimizer_groups())
-        which = names[index] if 0 <= index < len(names) else "optimizer"
+        which = self._optimizer_name(index)
         where = (f"{count} non-finite loss(es) since the last check, the first of them the {which} loss at global "
                  f"step {step} (epoch {self.current_epoch}); the device-side guard dropped those updates")
         if self.nonfinite == "raise":
