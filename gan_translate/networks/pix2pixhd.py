@@ -47,6 +47,26 @@ def _output_layer(in_nc: int, output_nc: int, padding: str) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_nc, output_nc, 7, padding=3, padding_mode=padding), nn.Tanh())
 
 
+def _downsampling(input_nc: int, ngf: int, n_downsampling: int, norm: str, padding: str) -> list[nn.Module]:
+    """c7s1-ngf, then ``n_downsampling`` stride-2 convs that each double the width (ends ngf * 2**n wide)."""
+    layers = _conv_block(input_nc, ngf, norm, kernel_size=7, padding=3, padding_mode=padding)
+    for n in range(n_downsampling):
+        layers += _conv_block(ngf * 2**n, ngf * 2 ** (n + 1), norm, kernel_size=3, stride=2, padding=1)
+    return layers
+
+
+def _upsampling(ngf: int, n_upsampling: int, norm: str) -> list[nn.Module]:
+    """The mirror of ``_downsampling``'s convs: from ngf * 2**n channels back to ngf, doubling the size each time."""
+    layers = []
+    for n in reversed(range(n_upsampling)):
+        layers += _up_block(ngf * 2 ** (n + 1), ngf * 2**n, norm)
+    return layers
+
+
+def _residual_blocks(channels: int, n_blocks: int, norm: str, padding: str) -> list[nn.Module]:
+    return [ResnetBlock(channels, norm=norm, padding=padding) for _ in range(n_blocks)]
+
+
 class GlobalGenerator(nn.Module):
     """G1. ``features`` ends with ngf channels at full resolution; ``to_image`` is the output layer, which the
     local enhancer drops (it adds G1's features to its own instead)."""
@@ -67,16 +87,11 @@ class GlobalGenerator(nn.Module):
         self.size_divisor = 2**n_downsample_global
         # The residual blocks' reflection padding needs a bottleneck of at least 2 x 2.
         self.min_size = 2 * self.size_divisor
-        layers = _conv_block(input_nc, ngf, norm, kernel_size=7, padding=3, padding_mode=padding)
-        channels = ngf
-        for _ in range(n_downsample_global):
-            layers += _conv_block(channels, channels * 2, norm, kernel_size=3, stride=2, padding=1)
-            channels *= 2
-        layers += [ResnetBlock(channels, norm=norm, padding=padding) for _ in range(n_blocks_global)]
-        for _ in range(n_downsample_global):
-            layers += _up_block(channels, channels // 2, norm)
-            channels //= 2
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(
+            *_downsampling(input_nc, ngf, n_downsample_global, norm, padding),
+            *_residual_blocks(ngf * 2**n_downsample_global, n_blocks_global, norm, padding),
+            *_upsampling(ngf, n_downsample_global, norm),
+        )
         self.to_image = _output_layer(ngf, output_nc, padding)
         init_weights(self, init_type, init_gain)
 
@@ -94,14 +109,8 @@ class LocalEnhancerBranch(nn.Module):
 
     def __init__(self, input_nc: int, ngf: int, n_blocks: int, norm: str, padding: str) -> None:
         super().__init__()
-        self.front = nn.Sequential(
-            *_conv_block(input_nc, ngf, norm, kernel_size=7, padding=3, padding_mode=padding),
-            *_conv_block(ngf, ngf * 2, norm, kernel_size=3, stride=2, padding=1),
-        )
-        self.back = nn.Sequential(
-            *(ResnetBlock(ngf * 2, norm=norm, padding=padding) for _ in range(n_blocks)),
-            *_up_block(ngf * 2, ngf, norm),
-        )
+        self.front = nn.Sequential(*_downsampling(input_nc, ngf, 1, norm, padding))
+        self.back = nn.Sequential(*_residual_blocks(ngf * 2, n_blocks, norm, padding), *_upsampling(ngf, 1, norm))
 
     def forward(self, x: torch.Tensor, coarse_features: torch.Tensor) -> torch.Tensor:
         return self.back(self.front(x) + coarse_features)
@@ -267,16 +276,11 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         self.size_divisor = 2**n_downsampling
         self.min_size = 2 * self.size_divisor  # instance norm needs a bottleneck of at least 2 x 2
-        layers = _conv_block(input_nc, ngf, norm, kernel_size=7, padding=3, padding_mode=padding)
-        channels = ngf
-        for _ in range(n_downsampling):
-            layers += _conv_block(channels, channels * 2, norm, kernel_size=3, stride=2, padding=1)
-            channels *= 2
-        for _ in range(n_downsampling):
-            layers += _up_block(channels, channels // 2, norm)
-            channels //= 2
-        layers += [*_output_layer(ngf, feat_num, padding)]
-        self.model = nn.Sequential(*layers)
+        self.model = nn.Sequential(
+            *_downsampling(input_nc, ngf, n_downsampling, norm, padding),
+            *_upsampling(ngf, n_downsampling, norm),
+            *_output_layer(ngf, feat_num, padding),
+        )
         init_weights(self, init_type, init_gain)
 
     def forward(self, image: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
