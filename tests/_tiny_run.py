@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import TINY_BASE
 from hydra import compose, initialize_config_dir
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-# Widths of 8 keep a CPU epoch to a few seconds.
-TINY = [
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "+trainer.enable_model_summary=false",
-    "data.size=32",
-    "data.train_length=8",
-    "data.val_length=4",
-    "data.batch_size=4",
-    "data.val_batch_size=4",
-    "data.num_workers=0",
-    "generator.ngf=8",
-    "discriminator.ndf=8",
-    "~callbacks.progress_bar",
-]
+# The shared tiny settings on the CPU trainer config (with the sanity validation and the default loggers).
+TINY = ["trainer=cpu", *TINY_BASE]
 
 
 def compose_train(output_dir: Path, overrides: list[str] = ()):

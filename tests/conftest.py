@@ -36,33 +36,34 @@ os.environ["TORCH_HOME"] = _EMPTY_CACHE
 for _name in ("GAN_TRANSLATE_FID_WEIGHTS", "GAN_TRANSLATE_LPIPS_WEIGHTS"):
     os.environ.pop(_name, None)
 
-# Makes any run seconds long on a CPU: tiny widths, 8 training images of 32 px (a 5-level U-Net), one epoch, no workers,
-# no rich progress bar, CSV logging only.
-TINY_OVERRIDES = [
+# Makes any run seconds long on a CPU: widths of 8, 8 training images of 32 px, one epoch, no workers, no model
+# summary, no rich progress bar. The tiny-run lists below, in _tiny_run.py and in test_pix2pixhd.py start from
+# it and add the trainer settings and the generator settings that take 32 px.
+TINY_BASE = [
     "generator.ngf=8",
     "discriminator.ndf=8",
     "data.size=32",
-    "generator.num_downs=5",
     "data.train_length=8",
     "data.val_length=4",
     "data.batch_size=4",
     "data.val_batch_size=4",
     "data.num_workers=0",
     "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.num_sanity_val_steps=0",
     "trainer.log_every_n_steps=1",
     "+trainer.enable_model_summary=false",
     "~callbacks.progress_bar",
+]
+# ... on the CPU, without the sanity validation or any progress bar, logging to CSV only.
+TINY_CPU_QUIET = [
+    *TINY_BASE,
+    "trainer.accelerator=cpu",
+    "trainer.num_sanity_val_steps=0",
     "+trainer.enable_progress_bar=false",
     "logger=csv",
 ]
+TINY_OVERRIDES = [*TINY_CPU_QUIET, "generator.num_downs=5"]  # pix2pix: a 5-level U-Net takes 32 px
 # CycleGAN: the 6-block ResNet is enough to test the wiring.
-TINY_CYCLEGAN_OVERRIDES = [
-    "experiment=shapes_cyclegan",
-    "generator=resnet_6blocks",
-    *(o for o in TINY_OVERRIDES if not o.startswith("generator.num_downs")),
-]
+TINY_CYCLEGAN_OVERRIDES = ["experiment=shapes_cyclegan", "generator=resnet_6blocks", *TINY_CPU_QUIET]
 
 
 @pytest.fixture

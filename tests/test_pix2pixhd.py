@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_train, read_metrics, write_aligned
+from conftest import TINY_CPU_QUIET, compose_train, read_metrics, write_aligned
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -40,25 +40,10 @@ from gan_translate.translator import Translator
 
 TINY_HD = [
     "experiment=demo_pix2pixhd",
-    "generator.ngf=8",
-    "discriminator.ndf=8",
+    *TINY_CPU_QUIET,
     "generator.n_downsample_global=2",
     "generator.n_blocks_global=1",
     "discriminator.n_layers=2",
-    "data.size=32",
-    "data.train_length=8",
-    "data.val_length=4",
-    "data.batch_size=4",
-    "data.val_batch_size=4",
-    "data.num_workers=0",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "+trainer.enable_model_summary=false",
-    "~callbacks.progress_bar",
-    "+trainer.enable_progress_bar=false",
-    "logger=csv",
 ]
 LOCAL = ["generator=pix2pixhd_local", "generator.n_blocks_local=1", "data.size=64"]
 
