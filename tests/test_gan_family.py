@@ -98,6 +98,21 @@ def test_dcgan_size_and_conditioning_errors():
         assert not torch.allclose(discriminator(images, torch.tensor([0, 0])), discriminator(images, torch.tensor([1, 2])))
 
 
+@pytest.mark.parametrize("in_discriminator_step", [True, False])
+def test_infogan_q_head_learns_with_the_player_that_minimises_the_information_loss(in_discriminator_step, tmp_path):
+    """true (the authors' code): Q's head is part of D and learns in D's step; false: it learns with G."""
+    overrides = tiny("infogan", f"model.info_in_discriminator_step={in_discriminator_step}")
+    model = build_model(compose_train(overrides, tmp_path))
+    optimizers = model.configure_optimizers()
+    optimizers = optimizers[0] if isinstance(optimizers, tuple) else optimizers  # (optimizers, schedulers)
+    generator, discriminator = ({id(p) for group in opt.param_groups for p in group["params"]} for opt in optimizers)
+    q_head = {id(p) for p in model.q_head.parameters()}
+    assert q_head <= (discriminator if in_discriminator_step else generator)
+    assert not q_head & (generator if in_discriminator_step else discriminator)
+    assert {id(p) for p in model.discriminator.parameters()} <= discriminator
+    assert {id(p) for p in model.generator.parameters()} <= generator
+
+
 @pytest.mark.parametrize("name", ["cgan", "infogan"])
 def test_samples_depend_on_the_label_or_code(runs, name):
     sampler = Sampler.from_checkpoint(runs[name] / "checkpoints" / "last.ckpt", device="cpu")

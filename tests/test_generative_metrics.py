@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import logged, read_metrics
 from PIL import Image
 
 from gan_translate.metrics.generative import (
@@ -233,3 +238,48 @@ def test_evaluate_infogan_matches_codes_and_dcgan_gets_the_fid_only(digits_root,
         evaluate(compose_evaluate([f"ckpt_path={dcgan}", "split=val", f"output={tmp_path / 'x.json'}"]))
     with pytest.raises(FileNotFoundError, match="split 'test' not found.*e.g. split=val"):
         evaluate(compose_evaluate([f"ckpt_path={dcgan}", "metrics=generative", f"output={tmp_path / 'x.json'}"]))
+
+
+def test_training_validation_scores_samples_by_label_and_code(digits_root, tmp_path, monkeypatch):
+    """With metrics=generative, validation during training passes each sample's label (cGAN) or categorical code
+    (InfoGAN, 4 code values for 3 classes: the metric must be told the model's code count) to the classifier."""
+    monkeypatch.setenv("GAN_TRANSLATE_CACHE", str(tmp_path / "cache"))
+    common = ["metrics=generative", "metrics.collection.classifier_epochs=2"]
+    tiny_checkpoint(digits_root, tmp_path / "cgan", "demo_cgan", *common)
+    rows = read_metrics(tmp_path / "cgan")
+    assert len(logged(rows, "val/class_accuracy")) == 1 and 0.0 <= logged(rows, "val/class_accuracy")[0] <= 1.0
+    assert logged(rows, "val/classifier_fid")[0] > 0 and not logged(rows, "val/code_accuracy")
+
+    tiny_checkpoint(digits_root, tmp_path / "infogan", "demo_infogan", "model.categorical_dim=4", *common)
+    rows = read_metrics(tmp_path / "infogan")
+    # 4 codes onto 3 classes: at best 3 codes are matched; the best matching does at least as well as chance.
+    assert 1 / 4 <= logged(rows, "val/code_accuracy")[0] <= 1.0
+    assert 0.0 <= logged(rows, "val/q_accuracy")[0] <= 1.0  # Q reading back its own codes, a separate number
+    assert not logged(rows, "val/class_accuracy")  # InfoGAN's codes are not classes
+
+
+def test_infogan_optuna_sweep_maximises_code_accuracy_and_logs_to_wandb(digits_root, tmp_path):
+    """conf/hparams_search/infogan_optuna.yaml: two real trials on class folders, each with an offline W&B run
+    that gets the losses, the classifier-scored code accuracy and the latent traversals."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    env = {**os.environ, "GAN_TRANSLATE_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path / "wandb_home"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb_home"), "WANDB_CACHE_DIR": str(tmp_path / "wandb_home")}
+    env.pop("WANDB_API_KEY", None)
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "gan_translate.train", "experiment=demo_infogan", *TINY_GAN, "logger=wandb",
+               f"data.root={digits_root}", "model.categorical_dim=3", "metrics.collection.classifier_epochs=2",
+               "hparams_search=infogan_optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"loss.lambda_categorical", "model.generator_lr"}
+    assert 0.25 <= results["best_params"]["loss.lambda_categorical"] <= 4
+    values = []
+    for job in ("0", "1"):
+        values += logged(read_metrics(sweep / job), "val/code_accuracy")
+        record = next((sweep / job / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+        for key in (b"train/loss_info_cat", b"val/code_accuracy", b"traversal_c1", b"samples"):
+            assert key in record, key
+    assert len(values) == 2 and max(values) == pytest.approx(results["best_value"])

@@ -217,7 +217,7 @@ class AdversarialAutoencoder(GenerativeGAN):
             self._codes.append(codes[:, :2].detach().float().cpu())
             self._code_labels.append(labels.detach().cpu())
         samples = self.decode(prior, labels if self.supervised else None)
-        self.update_metrics(samples, real)
+        self.update_metrics(samples, real, labels if self.supervised else None)
 
     # ----- pictures -----
     @torch.no_grad()

@@ -102,7 +102,7 @@ class ConditionalGAN(GenerativeGAN):
         gan = self.loss.gan
         self.log_dict({"val/loss_D": gan.discriminator_loss(real_scores, fake_scores),
                        "val/loss_G": gan.generator_loss(fake_scores)}, sync_dist=True, batch_size=real.size(0))
-        self.update_metrics(fake, real)
+        self.update_metrics(fake, real, labels)
 
     @torch.no_grad()
     def visuals(self, batch: dict) -> dict[str, torch.Tensor]:

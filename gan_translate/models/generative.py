@@ -20,8 +20,10 @@ resumed run) show the same latent points, and a checkpoint carries them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +44,10 @@ class GenerativeGAN(GANModule):
         self, optimizer, scheduler=None, image_size: int = 28, channels: int = 1, num_classes: int = 0,
         num_samples: int = 64, sample_seed: int = 0, **kwargs,
     ) -> None:
+        metrics = kwargs.get("metrics")
+        if num_classes and not self.labels_are_classes and takes_argument(metrics, "num_codes"):
+            # An unsupervised code (InfoGAN) has as many values as the model says, whatever the data's classes.
+            kwargs["metrics"] = functools.partial(metrics, num_codes=num_classes)
         super().__init__(optimizer, scheduler, input_nc=channels, output_nc=channels, **kwargs)
         if num_samples < 1:
             raise ValueError(f"model.num_samples must be >= 1, got {num_samples}")
@@ -112,9 +118,31 @@ class GenerativeGAN(GANModule):
         return {name: module for name, module in self.named_children() if name != "metrics" and name != "loss"}
 
     # ----- validation: losses of the sampled batch and the sample-distribution metrics -----
+    def update_metrics(self, fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """``labels``: what each sample was generated for, the data's classes (cGAN, supervised AAE: scored as
+        ``class_accuracy``) or the values of an unsupervised code (InfoGAN: ``code_accuracy`` after matching),
+        passed on to metrics that take them (``GenerativeMetrics``)."""
+        if not self._metrics_active:
+            return
+        key = "labels" if self.labels_are_classes else "codes"
+        if labels is not None and key in getattr(self.metrics, "needs", set()):
+            self.metrics.update(fake, real, **{key: labels})
+        else:
+            super().update_metrics(fake, real)
+
     def validation_noise(self, batch_idx: int) -> torch.Generator:
         """The same noise at every validation (comparable epochs), without touching the global random state."""
         return torch.Generator().manual_seed(10_000 + batch_idx)
+
+
+def takes_argument(factory: Callable | None, name: str) -> bool:
+    """Whether a (partial) factory such as a Hydra ``_partial_`` metrics config accepts keyword ``name``."""
+    if factory is None or isinstance(factory, nn.Module):
+        return False
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def grid_columns(images: torch.Tensor, columns: int) -> dict[str, torch.Tensor]:
