@@ -15,6 +15,7 @@ import torch
 from conftest import compose_train
 from hydra.utils import instantiate
 from test_gan_family import TINY, tiny
+from test_precision import fp16_on_cpu
 
 from gan_translate.checkpoint import build_model, model_from_checkpoint
 from gan_translate.models.nonfinite import NonFiniteLossError
@@ -28,16 +29,23 @@ TRAINED = {"dcgan": {"generator", "discriminator"}, "cgan": {"generator", "discr
            "infogan": {"generator", "discriminator", "q_head"}, "aae": {"encoder", "decoder", "discriminator"}}
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("name", list(TINY))
-def test_family_trains_under_bf16_autocast(tmp_path, name):
-    cfg = compose_train(tiny(name, "trainer.precision=bf16-mixed"), tmp_path)
+def test_family_trains_under_mixed_precision(tmp_path, name, precision):
+    """bf16 autocast, and 16-mixed: fp16 autocast with a GradScaler (on the CPU, as tests/test_precision.py does:
+    a small initial scale, so that the two tiny steps are not skipped as overflows)."""
+    bf16 = precision == "bf16-mixed"
+    cfg = compose_train(tiny(name, *(["trainer.precision=bf16-mixed"] if bf16 else [])), tmp_path)
+    trainer_kwargs = {} if bf16 else fp16_on_cpu(init_scale=2.0**4)
+    dtype = torch.bfloat16 if bf16 else torch.float16
     model = build_model(cfg)
     dtypes: list[torch.dtype] = []
     model.discriminator.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          **trainer_kwargs)
     trainer.fit(model, datamodule=instantiate(cfg.data))
-    assert torch.bfloat16 in dtypes  # the precision plugin's autocast reached the manual G and D steps
+    assert dtype in dtypes  # the precision plugin's autocast reached the manual G and D steps
     losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
     moved = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, initial[n])}
@@ -66,7 +74,7 @@ class RankProbe(pl.Callback):
                    self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
-# InfoGAN (a Q head on D's trunk, stepped by G's optimizer) and the AAE (three optimizers, an encoder) are the two
+# InfoGAN (a Q head on D's trunk, stepped with D) and the AAE (three optimizers, an encoder) are the two
 # update rules furthest from pix2pix's; DCGAN and the cGAN share InfoGAN's networks and GANModule path.
 @pytest.mark.parametrize("name", ["infogan", "aae", pytest.param("cgan", marks=pytest.mark.slow)])
 def test_family_ddp_cpu_two_processes(tmp_path, name):
