@@ -257,6 +257,26 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None) -> str | None:
     return None
 
 
+def optimizer_layout_mismatch(checkpoint: dict, optimizer_groups: dict[str, Any]) -> str | None:
+    """Why the checkpoint's optimizer states cannot be restored into optimizers over ``optimizer_groups`` (a
+    model's ``optimizer_groups()``); None when they can. A state holds one entry per parameter (Adam's moments), in
+    the order of its parameter groups, so the optimizers and their parameter counts must match; a config change
+    can move parameters between optimizers (e.g. InfoGAN's ``model.info_in_discriminator_step``)."""
+    saved = checkpoint.get("optimizer_states")
+    if saved is None:  # a weights-only checkpoint: nothing to restore
+        return None
+
+    def count(params) -> int:
+        return sum(len(list(item["params"])) if isinstance(item, dict) else 1 for item in params)
+
+    wanted = {name: count(params) for name, params in optimizer_groups.items()}
+    found = [sum(len(group["params"]) for group in state["param_groups"]) for state in saved]
+    if found == list(wanted.values()):
+        return None
+    return (f"its {len(found)} optimizer(s) hold {', '.join(map(str, found))} parameter tensors, this config's "
+            + ", ".join(f"{name} {number}" for name, number in wanted.items()))
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
         return {prefix: tree}

@@ -16,12 +16,18 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
-from gan_translate.checkpoint import build_model, load_checkpoint
+from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint
 from gan_translate.config import CONF_DIR
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics.translation import selection_metric
-from gan_translate.models.base import CHECKPOINT_KEY
-from gan_translate.resume import AtomicCheckpointIO, RandomStateCheckpoint, config_changes, resume_checkpoint
+from gan_translate.models.base import CHECKPOINT_KEY, GANModule
+from gan_translate.resume import (
+    AtomicCheckpointIO,
+    RandomStateCheckpoint,
+    config_changes,
+    optimizer_layout_mismatch,
+    resume_checkpoint,
+)
 from gan_translate.sizes import check_training_sizes
 
 log = logging.getLogger(__name__)
@@ -32,9 +38,18 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
 
-def warn_on_config_changes(ckpt_path: str, run_config: dict) -> None:
-    saved = load_checkpoint(ckpt_path)[CHECKPOINT_KEY]["config"]
-    changed = config_changes(saved, run_config)
+def check_resumable(ckpt_path: str, model: GANModule) -> None:
+    """Before training: fail, naming the file and the differing keys, when the checkpoint's optimizer states do
+    not fit this config's optimizers (else Lightning fails inside fit with torch's bare size error); warn about
+    any other config change."""
+    checkpoint = load_checkpoint(ckpt_path)
+    changed = config_changes(checkpoint[CHECKPOINT_KEY]["config"], model.run_config)
+    mismatch = optimizer_layout_mismatch(checkpoint, model.optimizer_groups())
+    if mismatch:
+        raise CheckpointError(
+            f"{ckpt_path} cannot be resumed with this config: {mismatch}. Keys that differ from the checkpoint's "
+            f"config: {', '.join(changed[:10]) or 'none'}. Resume with the checkpoint's settings, or start a new run."
+        )
     if changed:
         log.warning(
             "resuming %s with a config that differs in %d keys: %s. Restored optimizer/scheduler states "
@@ -73,7 +88,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     check_training_sizes(model, datamodule)  # before the Trainer: a size no network takes fails here, naming keys
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"))
     if ckpt_path:
-        warn_on_config_changes(ckpt_path, model.run_config)
+        check_resumable(ckpt_path, model)
     history = ValidationHistory()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history, RandomStateCheckpoint(), *(extra_callbacks or [])]
     loggers = instantiate_all(cfg.get("logger"))

@@ -12,7 +12,7 @@ from conftest import CONF_DIR, compose_train, logged, read_metrics
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from gan_translate.checkpoint import build_model, model_from_checkpoint
+from gan_translate.checkpoint import CheckpointError, build_model, model_from_checkpoint
 from gan_translate.data.classes import ImageFolderDataModule, SyntheticClassesDataModule
 from gan_translate.data.datasets import DataError
 from gan_translate.export import export_generator
@@ -111,6 +111,20 @@ def test_infogan_q_head_learns_with_the_player_that_minimises_the_information_lo
     assert not q_head & (generator if in_discriminator_step else discriminator)
     assert {id(p) for p in model.discriminator.parameters()} <= discriminator
     assert {id(p) for p in model.generator.parameters()} <= generator
+
+
+def test_resume_with_q_moved_to_the_other_optimizer_fails_before_training(runs, tmp_path):
+    """The run trained with Q in D's optimizer; resuming it with Q in G's would restore Adam states into the wrong
+    parameters: refused before the Trainer starts, naming the file and the changed key."""
+    ckpt = runs["infogan"] / "checkpoints" / "last.ckpt"
+    cfg = compose_train(tiny("infogan", f"ckpt_path={ckpt}", "trainer.max_epochs=2",
+                             "model.info_in_discriminator_step=false"), tmp_path)
+    with pytest.raises(CheckpointError, match=r"cannot be resumed.*optimizer.*model\.info_in_discriminator_step"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # The same settings resume.
+    train(compose_train(tiny("infogan", f"ckpt_path={ckpt}", "trainer.max_epochs=2"), tmp_path / "same"))
+    assert torch.load(tmp_path / "same" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 @pytest.mark.parametrize("name", ["cgan", "infogan"])
