@@ -10,11 +10,12 @@ Gaussian negative log-likelihood (``loss.continuous_loss=gaussian``, the paper's
 error of the mean (``mse``, a fixed unit variance).
 
 Who learns from L_I (``model.info_in_discriminator_step``):
-- true (the default, as in the authors' code): Q is part of D, with D's optimizer. D's step minimises L_I on the
-  (detached) fakes, so D's trunk and Q's head learn to read the codes; G's step minimises it through Q, held
-  fixed, so G makes the codes readable. On mnist5k (40 epochs, one seed each) this with ``continuous_loss=mse``
-  reached 88.9 % code accuracy, the alternative below with ``gaussian`` 82.6 %.
-- false: G's optimizer holds G *and* Q's head, and D's trunk learns from the GAN loss alone.
+- false (the default): G's optimizer holds G *and* Q's head; G makes the codes readable, Q learns to read them,
+  and D's trunk learns from the GAN loss alone.
+- true (as in the authors' code): Q is part of D, with D's optimizer. D's step minimises L_I on the (detached)
+  fakes, so D's trunk and Q's head learn to read the codes; G's step minimises it through Q, held fixed.
+On mnist5k the default reached a higher mean code accuracy (91.9 % over four seeds, against 84.1 % over three;
+README, InfoGAN), though the seed matters about as much as the arrangement.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class InfoGAN(GenerativeGAN):
         categorical_dim: int = 10,
         continuous_dim: int = 2,
         q_hidden: int = 128,
-        info_in_discriminator_step: bool = True,
+        info_in_discriminator_step: bool = False,
         generator_lr: float | None = None,
         samples_per_code: int = 8,
         traversal_range: float = 2.0,
