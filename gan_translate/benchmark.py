@@ -23,6 +23,7 @@ Writes JSON and prints a table with the ratios and, given targets, pass/miss aga
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import math
@@ -33,6 +34,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -257,6 +259,34 @@ class StepTimer(pl.Callback):
         self._context = None
 
 
+class HostSyncCounter(pl.Callback):
+    """CUDA: the host synchronisations of ``steps`` steady training batches, counted by torch's sync debug mode
+    (each one is a warning from the synchronising call), from the start of batch ``first`` to the start of batch
+    ``first + steps``: the step, the module's and callbacks' batch hooks, logging and the next batch's fetch.
+    Keeps the five most frequent Python locations, which say who synchronises."""
+
+    def __init__(self, first: int, steps: int) -> None:
+        self.first, self.steps = first, steps
+        self.count: int | None = None
+        self.locations: dict[str, int] = {}
+        self._catcher = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.first + self.steps and self._catcher is not None:
+            torch.cuda.set_sync_debug_mode(0)
+            self._catcher.__exit__(None, None, None)
+            self._catcher = None
+            syncs = [r for r in self._records if "synchroniz" in str(r.message)]
+            self.count = len(syncs)
+            where = collections.Counter(f"{Path(r.filename).name}:{r.lineno}" for r in syncs)
+            self.locations = dict(where.most_common(5))
+        elif batch_idx == self.first:
+            self._catcher = warnings.catch_warnings(record=True)
+            self._records = self._catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -277,7 +307,8 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     precision, channels_last, compile, device_cache = setting
     torch.manual_seed(0)
     busy_steps = int(bench.busy_steps) if device.type == "cuda" else 0
-    extra = int(count_flops) + int(profile) + busy_steps
+    sync_steps = int(bench.sync_steps) if device.type == "cuda" else 0
+    extra = int(count_flops) + int(profile) + busy_steps + (sync_steps + 1 if sync_steps else 0)
     steps = bench.warmup + bench.iterations + extra
     cfg = model_config(bench, model_name, setting, data_overrides(bench, model_name, steps, bench.data_workers),
                        MODE_OVERRIDES.get(mode, []))
@@ -292,12 +323,20 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     sync_each_step = device.type != "cuda" if bench.step_sync == "auto" else bool(bench.step_sync)
     timer = StepTimer(device, count_at, profile_at, busy_at, busy_steps,
                       (bench.warmup, bench.warmup + bench.iterations - 1), sync_each_step)
+    callbacks: list[pl.Callback] = [timer]
+    if sync_steps:  # after every other instrumented step: their own synchronisations stay out of the count
+        syncs = HostSyncCounter(bench.warmup + bench.iterations + int(count_flops) + int(profile) + busy_steps, sync_steps)
+        callbacks.append(syncs)
+    if compile and device.type == "cuda":
+        from torch._dynamo.utils import counters
+
+        counters.clear()  # this mode's compilations only (also when the modes share a process)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
         max_epochs=1, limit_train_batches=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
     )
     trainer.fit(model, datamodule=instantiate(cfg.data))
     training_rss_gb = timer.peak_rss_gb or peak_rss_gb()  # training only: compiled inference adds its own
@@ -327,6 +366,11 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     }
     if device.type == "cuda":
         result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if sync_steps:
+            result["host_syncs_per_iteration"] = None if syncs.count is None else syncs.count / sync_steps
+            result["host_sync_locations"] = syncs.locations
+        if compile:  # compiled graphs torch ran without CUDA graphs (CUDA-graph modes; TORCH_LOGS=cudagraphs: why)
+            result["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
     return result
 
 
@@ -588,13 +632,17 @@ def summarise(model_name: str, results: list[dict], peaks: dict, flops: int | No
             "targets": targets}
 
 
+def _number(value) -> float:
+    return float("nan") if value is None else value
+
+
 def format_table(report: dict) -> str:
     """xref: ratio to the given reference figures (reference=FILE); xloop: to the reference loop measured in this
     run. The fp32 ceiling of a target is the ratio reached if every FLOP ran at the measured fp32 matmul peak."""
     gpu = report["environment"]["device"].startswith("cuda")
     header = (f"{'model':9} {'mode':15} {'s/it':>8} {'+data':>8} {'img/s':>7} {'xref':>6} {'xloop':>6} {'G fwd ms':>9} {'xref':>6} "
               f"{'xloop':>6} {'RSS GB':>7} {'xref':>5} {'GFLOP/s':>8} {'%peak':>6}") + (
-                  f" {'GPU GB':>7} {'%busy':>6}" if gpu else "")
+                  f" {'GPU GB':>7} {'%busy':>6} {'sync/it':>7} {'cg skip':>7}" if gpu else "")
     lines = [header, "-" * len(header)]
     nan = float("nan")
 
@@ -625,7 +673,8 @@ def format_table(report: dict) -> str:
                     f"{r.get('loop_inference_speedup', nan):6.2f} {r['peak_rss_gb']:7.2f} {r.get('memory_ratio', nan):5.2f} "
                     f"{r.get('achieved_gflops', nan):8.1f} {100 * r.get('fraction_of_matmul_peak', nan):6.1f}")
             if gpu:
-                line += f" {r.get('peak_gpu_memory_gb', nan):7.2f} {100 * (r.get('gpu_busy_fraction') or nan):6.1f}"
+                line += (f" {r.get('peak_gpu_memory_gb', nan):7.2f} {100 * (r.get('gpu_busy_fraction') or nan):6.1f}"
+                         f" {_number(r.get('host_syncs_per_iteration')):7.2f} {_number(r.get('cudagraph_skips')):7.0f}")
             lines.append(line)
         data = summary["data_wait"]
         if summary.get("recipe_projection"):

@@ -46,24 +46,43 @@ MODES = {"paper": (True, True), "eval": (False, False)}
 def train(args) -> None:
     overrides = [
         "experiment=facades_pix2pix", f"data.root={args.data}", f"seed={args.seed}",
-        f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={args.out}", "callbacks.progress_bar=null",
+        f"trainer.max_epochs={args.epochs}", f"hydra.run.dir={args.out}",
+        # No bar at all (a bar reads the losses, a host synchronisation): callbacks.progress_bar=null alone
+        # would leave Lightning its default bar.
+        "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
         *SETTINGS[args.setting], *args.overrides,
     ]
     subprocess.run([sys.executable, "-m", "gan_translate.train", *overrides], check=True)
 
 
-def translate(args) -> None:
-    from gan_translate.checkpoint import model_from_checkpoint
+def evaluation_split(args, data_config: dict):
+    """The split's items (A, B, name) after the run's eval transform, as the model saw them in validation."""
     from gan_translate.data.datamodule import AlignedDataModule
+
+    data = {k: v for k, v in data_config.items() if k != "_target_"}
+    data["root"] = str(args.data)
+    return AlignedDataModule(**data).make_dataset(args.split, train=False)
+
+
+def write_references(args, dataset) -> None:
+    """``<split>_target`` (the real photos) and ``<split>_input`` (the label maps) as PNGs."""
     from gan_translate.translator import Translator
 
-    model = model_from_checkpoint(args.out / "checkpoints" / "last.ckpt")
-    data = {k: v for k, v in model.run_config["data"].items() if k != "_target_"}
-    data["root"] = str(args.data)
-    dataset = AlignedDataModule(**data).make_dataset(args.split, train=False)
     targets, inputs = args.out / f"{args.split}_target", args.out / f"{args.split}_input"
     targets.mkdir(exist_ok=True)
     inputs.mkdir(exist_ok=True)
+    for item in dataset:
+        Translator.to_pil(item["B"]).save(targets / f"{item['name']}.png")
+        Translator.to_pil(item["A"]).save(inputs / f"{item['name']}.png")
+
+
+def translate(args) -> None:
+    from gan_translate.checkpoint import model_from_checkpoint
+    from gan_translate.translator import Translator
+
+    model = model_from_checkpoint(args.out / "checkpoints" / "last.ckpt")
+    dataset = evaluation_split(args, model.run_config["data"])
+    write_references(args, dataset)
     for mode in MODES:
         dropout, batch_stats = MODES[mode]
         translator = Translator(model.generator_for(None), input_nc=model.source_channels(), dropout=dropout,
@@ -73,9 +92,6 @@ def translate(args) -> None:
         torch.manual_seed(args.seed)  # the paper mode's dropout masks
         for item in dataset:  # one image at a time: batch statistics of one image, as in the reference
             Translator.to_pil(translator.translate(item["A"])).save(outputs / f"{item['name']}.png")
-            if mode == next(iter(MODES)):
-                Translator.to_pil(item["B"]).save(targets / f"{item['name']}.png")
-                Translator.to_pil(item["A"]).save(inputs / f"{item['name']}.png")
 
 
 def score(args) -> None:
@@ -91,6 +107,15 @@ def score(args) -> None:
         lpips_weights=args.lpips_weights,
     )
     targets = args.out / f"{args.split}_target"
+    if not targets.is_dir():
+        # Only the outputs came back from the machine that translated (e.g. a GPU machine): the references are
+        # rebuilt from the data with the run's own data settings (Hydra's saved config in the run folder).
+        from omegaconf import OmegaConf
+
+        saved = args.out / ".hydra" / "config.yaml"
+        if not saved.is_file():
+            raise SystemExit(f"{targets} is missing and so is {saved}: run the translate stage, or keep the run's .hydra")
+        write_references(args, evaluation_split(args, OmegaConf.to_container(OmegaConf.load(saved).data)))
     scores = {}
     for mode in MODES:
         values = evaluate_folders(args.out / f"{args.split}_output_{mode}", targets, metrics)

@@ -90,6 +90,24 @@ def test_benchmark_smoke(tmp_path):
         assert all(r["s_per_iteration_window"] > 0 and r["synchronised_each_step"] for r in summary["modes"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts CUDA synchronisations: needs a GPU")
+def test_benchmark_counts_host_syncs_and_cuda_graph_skips_on_cuda(tmp_path):
+    """On CUDA each mode reports the host synchronisations of a few steady batches (with the lines causing them)
+    and, compiled, the graphs torch ran without CUDA graphs. The per-step loss check (fp32: each loss read before
+    its update, 2 per pix2pix batch) synchronises; the deferred guard (no_sync) does not, per batch."""
+    output = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "gan_translate.benchmark", *[o for o in TINY if not o.startswith("device=")],
+               "device=cuda", "models=[pix2pix]", "modes=[fp32,no_sync,cuda_graphs]", "busy_steps=2",
+               "sync_steps=3", "warmup=3", f"output={output}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(output.read_text())["models"]["pix2pix"]["modes"]}
+    assert rows["fp32"]["host_syncs_per_iteration"] >= 2 and rows["fp32"]["host_sync_locations"]
+    assert rows["no_sync"]["host_syncs_per_iteration"] < rows["fp32"]["host_syncs_per_iteration"]
+    assert isinstance(rows["cuda_graphs"]["cudagraph_skips"], int) and "cudagraph_skips" not in rows["fp32"]
+    assert "sync/it" in result.stdout
+
+
 def test_benchmark_window_timing_without_per_step_sync(tmp_path):
     """step_sync=false (the CUDA default): the timed steps are one window, synchronised at its ends; s/it and
     +data are its mean."""

@@ -93,7 +93,7 @@ def test_same_batches_as_the_normal_loader(data_root, kind, device):
         assert set(params[:, 5].tolist()) == {0, 1}
         assert any(a % 5 != b for a, b in rows[:, :2].tolist())  # B is not A's index: the random pairing
     # A different seed gives other batches (so equality above is not trivial).
-    _, other = epochs(DATA[kind](data_root, device_cache=True, **AUGMENTED), seed=4)
+    _, other = epochs(DATA[kind](data_root, device_cache=True, **AUGMENTED), seed=4, device=device)
     assert not all(torch.equal(a["A"], b["A"]) for a, b in zip(cached, other, strict=True))
 
 

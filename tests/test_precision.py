@@ -178,3 +178,35 @@ def test_compile_fit(tmp_path, gan_mode, mode):
     assert model.generator._compiled_call_impl is not None
     assert (model.discriminator._compiled_call_impl is None) == (gan_mode == "wgangp")
     assert_trained(model, initial, metrics)
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("method", ["pix2pix", "cyclegan"])
+def test_cuda_graphs_replay_every_training_graph(tmp_path, method):
+    """trainer=gpu_fast's point on a GPU: every compiled training graph replays as a CUDA graph. torch falls back
+    to launching the compiled kernels one by one when it cannot (some input mutations, CPU tensors), silently
+    unless TORCH_LOGS=cudagraphs; the model then warns, and this test fails."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    cfg = tiny_config(method, tmp_path, "trainer.accelerator=gpu", "model.compile=true",
+                      "model.compile_mode=reduce-overhead", "model.nonfinite_check=deferred", train_length=6)
+    model, initial, metrics = fit(cfg)
+    assert model._cuda_graphs_checked
+    assert counters["inductor"]["cudagraph_skips"] == 0
+    assert_trained(model, initial, metrics)
+
+
+def test_cuda_graph_fallback_is_reported(tmp_path):
+    """The warning a GPU run gives when torch ran graphs without CUDA graphs (torch's own counter, set here)."""
+    from torch._dynamo.utils import counters
+
+    model = build_model(tiny_config("pix2pix", tmp_path, "model.compile_mode=reduce-overhead"))
+    counters.clear()
+    assert model.warn_on_cuda_graph_skips() == 0
+    counters["inductor"]["cudagraph_skips"] += 2
+    try:
+        with pytest.warns(UserWarning, match=r"reduce-overhead: torch ran 2 compiled graph\(s\) without CUDA graphs"):
+            assert model.warn_on_cuda_graph_skips() == 2
+    finally:
+        counters.clear()

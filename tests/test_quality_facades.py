@@ -4,6 +4,7 @@ the test split in the paper's test mode (dropout on, per-image batch statistics)
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,15 @@ def test_protocol_translates_and_scores_both_test_modes(tmp_path):
     paper, evaluated = (np.asarray(Image.open(out / f"test_output_{mode}" / "000.png")) for mode in ("paper", "eval"))
     assert paper.shape == evaluated.shape == (128, 128, 3) and not np.array_equal(paper, evaluated)
     assert Path(report["grid"]).is_file()
+
+    # Scoring elsewhere (the GPU machine returns only the outputs and the run's .hydra): the targets and inputs
+    # are rebuilt from the data with the run's own settings, the same images, so the same scores.
+    targets = {p.name: np.asarray(Image.open(p)) for p in (out / "test_target").glob("*.png")}
+    for folder in ("test_target", "test_input", "checkpoints"):
+        shutil.rmtree(out / folder)
+    again = subprocess.run([*command[:2], "--stage", "score", *command[2:]], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rebuilt = {p.name: np.asarray(Image.open(p)) for p in (out / "test_target").glob("*.png")}
+    assert rebuilt.keys() == targets.keys() and all(np.array_equal(rebuilt[k], targets[k]) for k in targets)
+    assert json.loads((out / "quality.json").read_text())["modes"] == report["modes"]

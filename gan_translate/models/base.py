@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -145,8 +146,31 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         self._mark_cuda_graph_step()
         super().on_validation_batch_start(batch, batch_idx, dataloader_idx)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if batch_idx == 2 and self._uses_cuda_graphs() and not getattr(self, "_cuda_graphs_checked", False):
+            self._cuda_graphs_checked = True
+            self.warn_on_cuda_graph_skips()
+
+    def _uses_cuda_graphs(self) -> bool:
+        return self.compile_networks and self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
+
+    def warn_on_cuda_graph_skips(self) -> int:
+        """After the first batches (every training graph compiled): did torch decide to run any of them without
+        CUDA graphs? It says why only in its ``cudagraphs`` log, which is off by default, and such a graph still
+        runs compiled, only slower (kernel by kernel), so the fast path would be slow without a word."""
+        from torch._dynamo.utils import counters
+
+        skips = counters["inductor"]["cudagraph_skips"]
+        if skips:
+            rank_zero_warn(
+                f"model.compile_mode={self.compile_mode}: torch ran {skips} compiled graph(s) without CUDA graphs "
+                "(they launch kernel by kernel). TORCH_LOGS=cudagraphs prints the reasons."
+            )
+        return skips
+
     def _mark_cuda_graph_step(self) -> None:
-        if self.compile_networks and self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda":
+        if self._uses_cuda_graphs():
             torch.compiler.cudagraph_mark_step_begin()
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:

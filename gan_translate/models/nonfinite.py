@@ -31,6 +31,35 @@ NONFINITE_POLICIES = ("raise", "skip", "ignore")
 NONFINITE_CHECKS = ("step", "deferred")
 
 
+class BufferSnapshot:
+    """A copy of some tensors (a model's norm statistics and batch counts), put back on request.
+
+    One flat tensor per dtype and device, so taking and restoring cost a few kernels whatever the number of
+    buffers. Per buffer it would be three kernels per batch (clone, where, copy): about 150 for pix2pix's U-Net
+    and PatchGAN. A GPU at batch 1 is bound by kernel launches (issue 14's H200 run: the GPU busy 12 % of the
+    step), and the deferred guard with per-buffer copies made the pix2pix step 10 ms slower there (35 ms, 25 ms).
+    """
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for tensor in tensors:
+            groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+        self.groups = list(groups.values())
+        self.saved = [self._flat(group) for group in self.groups]
+
+    @staticmethod
+    def _flat(group: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensor.detach().reshape(-1) for tensor in group])
+
+    def restore(self, where: torch.Tensor | None = None) -> None:
+        """Put every tensor back as it was; with ``where`` (a device-side bool), only where it is true
+        (no host synchronisation)."""
+        for group, saved in zip(self.groups, self.saved, strict=True):
+            values = saved if where is None else torch.where(where, saved, self._flat(group))
+            parts = values.split([tensor.numel() for tensor in group])
+            torch._foreach_copy_(group, [part.view_as(tensor) for part, tensor in zip(parts, group, strict=True)])
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN/Inf; the message names the terms, the optimizer and the step."""
 
@@ -165,20 +194,16 @@ class NonFiniteLossPolicy:
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.step_skipped = False
         if self.nonfinite == "skip" or self.deferred_guard:
-            self._buffers_before = {n: b.clone() for n, b in self.named_buffers()}
+            self._buffers_before = BufferSnapshot([b for _, b in self.named_buffers()])
         if self.deferred_guard and self.batch_nonfinite is not None:
             self.batch_nonfinite = torch.zeros_like(self.batch_nonfinite)
         super().on_train_batch_start(batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.step_skipped:
-            buffers = dict(self.named_buffers())
-            for name, value in self._buffers_before.items():
-                buffers[name].copy_(value)
+            self._buffers_before.restore()
         elif self.deferred_guard and self.batch_nonfinite is not None:
-            buffers = dict(self.named_buffers())
-            for name, value in self._buffers_before.items():
-                buffers[name].copy_(torch.where(self.batch_nonfinite, value, buffers[name]))
+            self._buffers_before.restore(where=self.batch_nonfinite)
             if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
                 self.check_nonfinite()
         super().on_train_batch_end(outputs, batch, batch_idx)

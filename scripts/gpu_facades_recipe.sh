@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 14 on a GPU machine: the pix2pix facades recipe with trainer=gpu_fast, timed end to end, then the
+# 106 test images translated in both test-time modes (scripts/quality_facades.py), ready to be scored where
+# the FID weights are. Meant to run detached (setsid) so that it can outlive one device call:
+#   setsid bash scripts/gpu_facades_recipe.sh DATA RUN_DIR MAX_TRAIN_S [EXTRA_OVERRIDES...] &
+# Writes RUN_DIR/recipe_status.txt: one line per attempt (start, end, exit code, flags), then "done".
+# If the full gpu_fast set fails (e.g. a compile error on this torch), it retries once without torch.compile,
+# inside the same time budget. trainer.max_time stops training at MAX_TRAIN_S (the note must then say so).
+set -u
+data=$1; run=$2; budget=$3; shift 3
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+mkdir -p "$run"
+status=$run/recipe_status.txt
+t_start=$(date +%s)
+# Validation (100 val images), sample grids and figures every 20 epochs and last.ckpt every 10: their cost is
+# part of the timed run; the periodic keep-everything checkpoints are off (700 MB each with Adam's moments).
+schedule=(trainer.check_val_every_n_epoch=20 callbacks.samples.every_n_epochs=20 callbacks.figures.every_n_epochs=20
+          +callbacks.last_checkpoint.every_n_epochs=10 callbacks.periodic_checkpoint=null data.num_workers=8)
+attempt() {  # attempt NAME OVERRIDES...
+  local name=$1; shift
+  local left=$(( budget - ($(date +%s) - t_start) ))
+  if [ "$left" -lt 60 ]; then echo "$name skipped: ${left}s left" >> "$status"; return 1; fi
+  local t0; t0=$(date +%s.%N)
+  local limit; limit=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
+  "${PYTHON:-python3}" scripts/quality_facades.py --setting paper --data "$data" --out "$run" --stage train -- \
+    trainer=gpu_fast "${schedule[@]}" "+trainer.max_time=$limit" "$@" > "$run/train_$name.log" 2>&1
+  local rc=$?
+  echo "$name start=$t0 end=$(date +%s.%N) rc=$rc overrides=$*" >> "$status"
+  return $rc
+}
+attempt gpu_fast "$@" || { rm -rf "$run/checkpoints"; attempt no_compile model.compile=false "$@"; }
+t0=$(date +%s.%N)
+"${PYTHON:-python3}" scripts/quality_facades.py --setting paper --data "$data" --out "$run" --stage translate > "$run/translate.log" 2>&1
+rc=$?
+echo "translate start=$t0 end=$(date +%s.%N) rc=$rc" >> "$status"
+echo done >> "$status"

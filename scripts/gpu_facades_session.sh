@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 14 on a lent GPU machine (the workplace's device tool: $OUT comes back, at most 8 files of 16 MiB), in two
+# calls, the recipe running detached between them (a call is limited to 10 minutes, the recipe may take longer):
+#   start TRAIN_BUDGET_S WATCH_S  the CUDA tests (150 s at most), then scripts/gpu_facades_recipe.sh detached with
+#                                 TRAIN_BUDGET_S, watched until it is done or WATCH_S after the call began; packs
+#   finish WAIT_S                 waits for the recipe (WAIT_S at most) and packs
+# Run from the repository root with the data copied to .gpu/facades and the wheels of scripts/gpu_wheels.sh in
+# .whl (both named in the call's carry); the command first installs them:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && bash scripts/gpu_facades_session.sh start 600 530
+# Packed: logs.tgz (logs, CSV metrics, samples, .hydra, the watch log: time, GPU load, last logged step every 10 s)
+# and the translated test images (outputs.tar.part_*), to be scored where the FID weights are:
+#   cat outputs.tar.part_* | tar x -C RUN && python scripts/quality_facades.py --setting paper --stage score --out RUN
+set -u
+run=/tmp/run
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+t_call=$(date +%s)
+
+pack() {
+  (cd "$run" && tar czf "$OUT/logs.tgz" --exclude=checkpoints --exclude='test_*' . &&
+   if [ -d test_output_paper ]; then tar cf - test_output_paper test_output_eval | split -b 15m - "$OUT/outputs.tar.part_"; fi)
+  cat "$run/recipe_status.txt" 2>/dev/null; tail -n 3 "$run/watch.log" 2>/dev/null; ls -la "$OUT"
+}
+
+watch() {  # watch UNTIL_EPOCH_S
+  while [ "$(date +%s)" -lt "$1" ] && ! grep -q '^done' "$run/recipe_status.txt" 2>/dev/null; do
+    echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | tr -d ' ')" \
+         "| $(tail -n 1 "$run/csv/metrics.csv" 2>/dev/null | cut -c1-40)" >> "$run/watch.log"
+    sleep 10
+  done
+}
+
+case $1 in
+  start)
+    nvidia-smi -L
+    python3 -c "import torch, pytorch_lightning, hydra; print(torch.__version__, pytorch_lightning.__version__, hydra.__version__)"
+    rm -rf "$run" && mkdir -p "$run"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_device_cache.py tests/test_precision.py \
+      > "$run/pytest_cuda.log" 2>&1
+    echo "pytest rc=$?" >> "$run/pytest_cuda.log"; tail -n 4 "$run/pytest_cuda.log"
+    setsid nohup bash scripts/gpu_facades_recipe.sh .gpu/facades "$run" "$2" > "$run/recipe.out" 2>&1 < /dev/null &
+    watch $(( t_call + $3 ))
+    pack ;;
+  finish)
+    watch $(( t_call + $2 ))
+    pack ;;
+  *) echo "usage: $0 start TRAIN_BUDGET_S WATCH_S | finish WAIT_S" >&2; exit 2 ;;
+esac
