@@ -347,6 +347,9 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     if not sync_each_step:  # the per-step times are enqueue times only: the window is the measure
         step_s, timed_with_data = window_s, [window_s]
 
+    # Lightning's teardown moved the model back to the CPU after fit: inference is timed on the training device.
+    # (Before this line the CUDA rows timed a CPU forward: the H200 and H100 "G fwd" figures of fp32 etc.)
+    model.to(device)
     generator = model.generator_for()
     if compile:  # what predict/evaluate run with compile=true: an eager copy compiled with freezing
         generator = copy.deepcopy(generator)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from _tiny_run import compose_train, tiny_run
 from hydra.utils import instantiate
@@ -44,6 +46,17 @@ def _wandb_run_file(run_dir):
     return files[0]
 
 
+def _wandb_record(run_dir, *keys: str, timeout: float = 30.0) -> bytes:
+    """The run's .wandb log once it holds ``keys``: W&B's service process writes it on its own schedule, and now
+    and then after ``finish()`` has returned (seen: only the 7-byte header at first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = _wandb_run_file(run_dir).read_bytes()
+        if all(key.encode() in record for key in keys) or time.monotonic() > deadline:
+            return record
+        time.sleep(0.2)
+
+
 def test_many_loggers_write_their_files(tmp_path, offline_wandb):
     tiny_run(tmp_path, ["logger=many"])
 
@@ -60,7 +73,7 @@ def test_many_loggers_write_their_files(tmp_path, offline_wandb):
     assert "samples" in accumulator.Tags()["images"]
 
     # The .wandb file is W&B's protobuf log: the logged keys, the config and the image key are in it.
-    record = _wandb_run_file(tmp_path).read_bytes()
+    record = _wandb_record(tmp_path, *LOSS_KEYS, "lr-generator", "samples", "lambda_l1")
     for key in [*LOSS_KEYS, "lr-generator", "samples", "lambda_l1"]:
         assert key.encode() in record, key
     assert list((tmp_path / "wandb").glob("offline-run-*/files/media/images/samples_*.png"))
@@ -72,7 +85,7 @@ def test_wandb_runs_in_one_process_stay_separate(tmp_path, offline_wandb):
     tiny_run(first, ["logger=wandb"])
     tiny_run(second, ["logger=wandb", "loss.lambda_l1=10"])
     assert _wandb_run_file(first) != _wandb_run_file(second)
-    assert b"train/loss_G_L1" in _wandb_run_file(second).read_bytes()
+    assert b"train/loss_G_L1" in _wandb_record(second, "train/loss_G_L1")
 
 
 def test_no_logger_run_trains(tmp_path):

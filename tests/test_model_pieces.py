@@ -6,7 +6,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY_OVERRIDES, compose_train, run_module
+from hydra.utils import instantiate
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
+from tiny_runs import tiny_config
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
@@ -202,3 +205,44 @@ def test_cli_run_prints_parameter_counts_and_no_known_third_party_noise(tmp_path
     model = build_model(compose_train(TINY_OVERRIDES, tmp_path / "x"))
     generator_params = sum(p.numel() for p in model.generator.parameters())
     assert "UnetGenerator" in out and get_human_readable_count(generator_params) in out
+
+
+class KernelsPerBatch(pl.Callback):
+    """Non-view operations of each training batch (the step and its batch hooks)."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self._counter: KernelCounter | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._counter = KernelCounter()
+        self._counter.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._counter.__exit__(None, None, None)
+        self.counts.append(self._counter.count)
+
+
+@pytest.mark.parametrize("method", ["pix2pix", "cyclegan"])
+def test_logging_only_the_logged_batches_keeps_every_logged_value(tmp_path, method):
+    """model.log_every_batch=false (trainer=gpu_fast): the loggers get the same values at the same steps, and the
+    batches in between run fewer kernels (no logged copies, no mean D scores)."""
+    tables, kernels = {}, {}
+    for every_batch in (True, False):
+        cfg = tiny_config(method, tmp_path / str(every_batch), f"model.log_every_batch={every_batch}",
+                          "trainer.log_every_n_steps=2", "trainer.max_epochs=2", train_length=8)
+        pl.seed_everything(0)
+        counter = KernelsPerBatch()
+        trainer = instantiate(cfg.trainer, logger=CSVLogger(tmp_path / str(every_batch), name="", version=""),
+                              enable_checkpointing=False, enable_progress_bar=False, callbacks=[counter])
+        trainer.fit(build_model(cfg), datamodule=instantiate(cfg.data))
+        tables[every_batch] = (tmp_path / str(every_batch) / "metrics.csv").read_text()
+        kernels[every_batch] = counter.counts
+    assert "train/loss_D" in tables[True] or "train/loss_D_A" in tables[True]
+    assert tables[False] == tables[True]
+    # From the third batch on (the first ones set up optimizer states and Lightning's result objects): batches
+    # 4, 6, ... reach the loggers and cost the same; those in between cost less.
+    logged = [i for i in range(2, len(kernels[True])) if (i + 1) % 2 == 0]
+    others = [i for i in range(2, len(kernels[True])) if i not in logged]
+    assert all(kernels[False][i] == kernels[True][i] for i in logged), kernels
+    assert all(kernels[False][i] <= kernels[True][i] - 5 for i in others), kernels

@@ -81,6 +81,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         test_batch_stats: bool = False,
         nonfinite: str = "raise",
         nonfinite_check: str = "step",
+        log_every_batch: bool = True,
     ) -> None:
         super().__init__()
         self.set_nonfinite_policy(nonfinite, nonfinite_check)  # see models/nonfinite.py
@@ -95,6 +96,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.compile_mode = compile_mode
+        self.log_every_batch = log_every_batch
         self.run_config: dict | None = None  # the composed Hydra config, set by the entry point
         # A factory gets told whether targets are pixel-aligned (pix2pix) or only same-domain (CycleGAN).
         self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
@@ -151,6 +153,15 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         if batch_idx == 2 and self._uses_cuda_graphs() and not getattr(self, "_cuda_graphs_checked", False):
             self._cuda_graphs_checked = True
             self.warn_on_cuda_graph_skips()
+
+    def logs_this_batch(self) -> bool:
+        """Whether the training step logs its values for this batch. With ``model.log_every_batch=false``
+        (trainer=gpu_fast) only on the batches whose values reach the loggers (every
+        ``trainer.log_every_n_steps``): each logged tensor costs kernels (Lightning clones it; the mean D scores are
+        computed for it), and the other batches' values would only ever reach the progress bar."""
+        if self.log_every_batch or self._trainer is None:
+            return True
+        return self.trainer._logger_connector.should_update_logs  # Lightning's own test (there is no public one)
 
     def _uses_cuda_graphs(self) -> bool:
         return self.compile_networks and self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"

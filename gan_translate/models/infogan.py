@@ -194,10 +194,11 @@ class InfoGAN(GenerativeGAN):
             self.optimization_step(opt_g, sum(g_terms.values()), g_terms)
 
         losses.update(g_terms)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real.size(0))
-        accuracy = (logits.detach().argmax(dim=1) == code).float().mean()
-        self.log_dict({"train/q_accuracy": accuracy, "train/D_real": real_scores.detach().float().mean(),
-                       "train/D_fake": fake_scores.detach().float().mean()}, batch_size=real.size(0))
+        if self.logs_this_batch():
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real.size(0))
+            accuracy = (logits.detach().argmax(dim=1) == code).float().mean()
+            self.log_dict({"train/q_accuracy": accuracy, "train/D_real": real_scores.detach().float().mean(),
+                           "train/D_fake": fake_scores.detach().float().mean()}, batch_size=real.size(0))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = self.prepare(batch["image"])

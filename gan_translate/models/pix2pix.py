@@ -108,11 +108,12 @@ class Pix2Pix(GANModule):
             self.optimization_step(opt_g, sum(generator_losses.values()), generator_losses)
 
         losses.update(generator_losses)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
-        self.log_dict(
-            {"train/D_real": real_scores.detach().float().mean(), "train/D_fake": fake_scores.detach().float().mean()},
-            batch_size=real_a.size(0),
-        )
+        if self.logs_this_batch():
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
+            self.log_dict(
+                {"train/D_real": real_scores.detach().float().mean(), "train/D_fake": fake_scores.detach().float().mean()},
+                batch_size=real_a.size(0),
+            )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])

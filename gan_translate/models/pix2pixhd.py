@@ -237,7 +237,8 @@ class Pix2PixHD(GANModule):
             self.optimization_step(opt_g, sum(generator_losses.values()), generator_losses)
 
         losses.update(generator_losses)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_b.size(0))
+        if self.logs_this_batch():
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_b.size(0))
 
     def generator_loss_terms(
         self, condition: torch.Tensor, real_pair: torch.Tensor, real_b: torch.Tensor, fake_b: torch.Tensor
