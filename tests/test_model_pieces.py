@@ -167,6 +167,24 @@ def test_norm_statistics_snapshot_costs_a_few_kernels_whatever_the_layer_count()
     assert max(counts) <= 6, f"kernels for {len(buffers)} buffers (take, keep, restore): {counts}"
 
 
+def test_deferred_guard_costs_a_few_kernels_per_update():
+    """The guard runs before every update outside any graph: the flag, the optimizer's found_inf and the record
+    of the first bad update take a handful of kernels (they took 16; at batch 1 a GPU pays per launch)."""
+
+    class Counted(Regression):
+        counts: list[int] = []
+
+        def _guard_on_device(self, optimizer, loss):
+            with KernelCounter() as counter:
+                super()._guard_on_device(optimizer, loss)
+            self.counts.append(counter.count)
+
+    model = Counted("skip", "deferred", fused=True)
+    with pytest.warns(UserWarning, match=r"skipped a step: 1 non-finite loss\(es\) .*the net loss at global step 2 "):
+        fit(model)
+    assert len(model.counts) == 4 and max(model.counts) <= 6, model.counts
+
+
 def test_deferred_guard_needs_a_fused_optimizer():
     with pytest.raises(ValueError, match=r"model.nonfinite_check=deferred .* set optim.fused=true"):
         fit(Regression("skip", "deferred", fused=False))

@@ -73,7 +73,7 @@ class NonFiniteLossPolicy:
     skipped_steps: int = 0
     step_skipped: bool = False  # nonfinite_check=step only; deferred: ``batch_nonfinite`` (a device flag)
     batch_nonfinite: torch.Tensor | None = None
-    _guard_log: list[tuple[int, int]] = []
+    _guard_log: list[tuple[int, int]]  # (global step, optimizer index) per guarded update since the last check
 
     def set_nonfinite_policy(self, policy: str, check: str = "step") -> None:
         if policy not in NONFINITE_POLICIES:
@@ -81,6 +81,7 @@ class NonFiniteLossPolicy:
         if check not in NONFINITE_CHECKS:
             raise ValueError(f"model.nonfinite_check must be one of {NONFINITE_CHECKS}, got {check!r}")
         self.nonfinite, self.nonfinite_check = policy, check
+        self._guard_log = []
 
     @property
     def deferred_guard(self) -> bool:
@@ -141,37 +142,41 @@ class NonFiniteLossPolicy:
                 f"model.nonfinite_check=deferred cannot share the optimizer's found_inf with the GradScaler of "
                 f"trainer.precision={self.trainer.precision}: use bf16-mixed (no scaler), or model.nonfinite_check=step"
             )
-        bad = ~torch.isfinite(loss.detach()).all()
+        # Not finite, in two kernels (this runs before every update, outside any CUDA graph): x - x is 0 for a
+        # finite x and NaN for NaN and +-Inf.
+        difference = loss.detach() - loss.detach()
+        bad = difference.ne(0) if difference.ndim == 0 else difference.ne(0).any()
         if self.trainer.world_size > 1:  # every rank drops the update together (the gradients are all-reduced)
             bad = self.trainer.strategy.reduce(bad.float(), reduce_op="max") > 0
-        if self.batch_nonfinite is None:
-            self._guard_log = []
-            self.batch_nonfinite = torch.zeros((), dtype=torch.bool, device=loss.device)
-        self.batch_nonfinite = self.batch_nonfinite | bad
+        # Once an update of the batch was bad, its later ones are dropped too (their inputs derive from it).
+        self.batch_nonfinite = bad if self.batch_nonfinite is None else self.batch_nonfinite | bad
         inner.found_inf = self.batch_nonfinite.float()  # read by the fused kernel at the next step()
-        # Which update was the first bad one: the host logs (global step, optimizer) per guarded update, the
-        # device the count of bad ones and the log position of the first (python scalars: no host-to-device copy).
+        # Which update was the first bad one: the host logs (global step, optimizer) per guarded update, the device
+        # its flag at the same position; the check reads the flags once.
         self._guard_log.append((self.trainer.global_step, self._optimizer_index(optimizer)))
-        record = self._nonfinite_record(loss.device)
-        record[1] = torch.where(bad & (record[0] == 0), len(self._guard_log) - 1, record[1])
-        record[0] += bad.long()
+        self._guard_flags(len(self._guard_log), loss.device)[len(self._guard_log) - 1].copy_(bad)
 
-    def _nonfinite_record(self, device: torch.device) -> torch.Tensor:
-        """[bad updates since the last check, position in ``_guard_log`` of the first] on the device."""
-        if getattr(self, "_nonfinite_counts", None) is None:
-            self._nonfinite_counts = torch.zeros(2, dtype=torch.long, device=device)
-        return self._nonfinite_counts
+    def _guard_flags(self, count: int, device: torch.device) -> torch.Tensor:
+        """The device flags of the guarded updates since the last check (room for at least ``count``; each
+        position is written before it is read, so nothing needs clearing)."""
+        flags = getattr(self, "_nonfinite_flags", None)
+        if flags is None or len(flags) < count:
+            grown = torch.zeros(max(64, 2 * count), dtype=torch.bool, device=device)
+            if flags is not None:
+                grown[: len(flags)].copy_(flags)
+            self._nonfinite_flags = flags = grown
+        return flags
 
     def check_nonfinite(self, log: bool = True) -> None:
         """Deferred: read the device flags (one synchronisation); raise or warn about bad updates since the last.
         ``log=False`` where Lightning allows no ``self.log`` (checkpoint hooks): the count is logged next time."""
-        if not self.deferred_guard or getattr(self, "_nonfinite_counts", None) is None:
+        if not self.deferred_guard:
             return
-        count, position = self._nonfinite_counts.tolist()
-        updates, self._guard_log = self._guard_log, []
-        if count:
-            self._report_nonfinite(count, *updates[position])
-            self._nonfinite_counts.zero_()
+        if self._guard_log:
+            updates, self._guard_log = self._guard_log, []
+            flags = self._nonfinite_flags[: len(updates)].tolist()
+            if any(flags):
+                self._report_nonfinite(sum(flags), *updates[flags.index(True)])
         if log and self.skipped_steps != getattr(self, "_skipped_steps_logged", 0):
             self.log("train/skipped_steps", float(self.skipped_steps), reduce_fx="max", batch_size=1)
             self._skipped_steps_logged = self.skipped_steps
@@ -195,8 +200,7 @@ class NonFiniteLossPolicy:
         self.step_skipped = False
         if self.nonfinite == "skip" or self.deferred_guard:
             self._buffers_before = BufferSnapshot([b for _, b in self.named_buffers()])
-        if self.deferred_guard and self.batch_nonfinite is not None:
-            self.batch_nonfinite = torch.zeros_like(self.batch_nonfinite)
+        self.batch_nonfinite = None  # deferred: set by the batch's first guarded update
         super().on_train_batch_start(batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
