@@ -166,6 +166,16 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=every_n_epochs,
                          enable_version_counter=False)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        """A run whose last epoch is not a multiple of ``every_n_epochs`` still ends with its final weights in
+        last.ckpt ("last" is the last state, whatever the interval). Only at an epoch's end: a run stopped in the
+        middle of one (max_steps, max_time, a signal) keeps the last epoch-boundary or interval checkpoint, from
+        which a resume is exact."""
+        super().on_train_end(trainer, pl_module)
+        ended_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if ended_epoch and not self._should_skip_saving_checkpoint(trainer):
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 # ----- mid-epoch checkpoints -----
 class IntervalCheckpoint(ModelCheckpoint):

@@ -13,10 +13,12 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$run"
 status=$run/recipe_status.txt
 t_start=$(date +%s)
-# Validation (100 val images), sample grids and figures every 20 epochs and last.ckpt every 10: their cost is
+# Validation (100 val images), sample grids and figures every 20 epochs, last.ckpt every 10 epochs and every 2
+# minutes (a stop by max_time then loses at most 2 minutes of training): their cost is
 # part of the timed run; the periodic keep-everything checkpoints are off (700 MB each with Adam's moments).
 schedule=(trainer.check_val_every_n_epoch=20 callbacks.samples.every_n_epochs=20 callbacks.figures.every_n_epochs=20
-          +callbacks.last_checkpoint.every_n_epochs=10 callbacks.periodic_checkpoint=null data.num_workers=8)
+          +callbacks.last_checkpoint.every_n_epochs=10 callbacks.interval_checkpoint.every_n_minutes=2
+          callbacks.periodic_checkpoint=null data.num_workers=8)
 attempt() {  # attempt NAME OVERRIDES...
   local name=$1; shift
   local left=$(( budget - ($(date +%s) - t_start) ))

@@ -78,6 +78,22 @@ def test_resume_dir_without_checkpoint_starts_fresh_and_rejects_conflicts(tmp_pa
         resume_checkpoint(None, str(tmp_path / "file.ckpt"))
 
 
+def test_last_checkpoint_holds_the_final_epoch_whatever_its_interval(tmp_path):
+    """last.ckpt every 2 epochs, a 3-epoch run: it still ends with epoch 3's weights (3 x 3 batches x 2 steps),
+    the same as with a save every epoch, and continuing from either gives the same run."""
+    runs = {n: tmp_path / f"every{n}" for n in (1, 2)}
+    common = {n: [f"+callbacks.last_checkpoint.every_n_epochs={n}", "callbacks.best_checkpoint=null",
+                  "callbacks.periodic_checkpoint=null", f"paths.output_dir={runs[n]}"] for n in runs}
+    for n in runs:
+        train(compose_train("trainer.max_epochs=3", *common[n]))
+        assert torch.load(runs[n] / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 18
+    assert_same_weights(runs[1] / "checkpoints/last.ckpt", runs[2] / "checkpoints/last.ckpt")
+    for n in runs:
+        train(compose_train("trainer.max_epochs=4", f"resume={runs[n]}", *common[n]))
+        assert torch.load(runs[n] / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 24
+    assert_same_weights(runs[1] / "checkpoints/last.ckpt", runs[2] / "checkpoints/last.ckpt")
+
+
 def test_interval_checkpoint_refreshes_last_mid_epoch(tmp_path):
     train(compose_train("trainer.max_epochs=1", "trainer.max_steps=4", "callbacks.best_checkpoint=null",
                         "callbacks.interval_checkpoint.every_n_train_steps=2", f"paths.output_dir={tmp_path}"))
