@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a data split, or a folder of generated images against targets.
 
     python -m gan_translate.evaluate ckpt_path=X [data.root=PATH] [split=test] [direction=AtoB|BtoA] [metrics=full]
-    python -m gan_translate.evaluate pred_dir=GENERATED target_dir=TARGETS [metrics=full]
+    python -m gan_translate.evaluate pred_dir=GENERATED target_dir=TARGETS [metrics=full] [paired=false]
     python -m gan_translate.evaluate ckpt_path=NOISE_MODEL metrics=generative split=val [num_generated=1000]
 
 Writes a JSON report (every metric, number of images, direction, checkpoint, config hash) and, for a
@@ -164,17 +164,25 @@ def evaluate_samples(cfg: DictConfig, model: GenerativeGAN) -> tuple[dict, torch
 
 
 def evaluate_generated(cfg: DictConfig) -> dict:
-    metrics = build_metrics(cfg.metrics, l1=True)
+    metrics = build_metrics(cfg.metrics, l1=cfg.paired, paired=cfg.paired)
     if metrics is None:
         raise ValueError("metrics=none leaves nothing to evaluate; choose metrics=default or metrics=full")
+    if not metrics.output_keys:  # unpaired: only FID/KID, which need the Inception weights
+        raise ValueError(
+            "paired=false compares the folders with FID/KID only, and no FID weights were found: "
+            "python -m gan_translate.weights fetch fid, or set metrics.fid_weights"
+        )
     values = evaluate_folders(cfg.pred_dir, cfg.target_dir, metrics, batch_size=cfg.batch_size)
-    num_images = values.pop("num_images")
-    return {
+    report = {
         "pred_dir": str(Path(cfg.pred_dir).resolve()),
         "target_dir": str(Path(cfg.target_dir).resolve()),
-        "num_images": num_images,
-        "metrics": values,
+        "paired": bool(cfg.paired),
+        "num_images": values.pop("num_images"),
     }
+    if "num_targets" in values:
+        report["num_targets"] = values.pop("num_targets")
+    report["metrics"] = values
+    return report
 
 
 def default_output(cfg: DictConfig) -> Path:

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from gan_translate.train import train
+from gan_translate.weights import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -128,6 +130,46 @@ def test_evaluate_folders_cli(tmp_path):
     report = json.loads(output.read_text())
     assert report["num_images"] == 3
     assert report["metrics"]["l1"] < 0.01 and report["metrics"]["ssim"] > 0.95
+
+
+def test_evaluate_unpaired_folders_compares_distributions(tmp_path, monkeypatch):
+    """paired=false (CycleGAN): FID between folders of other names (and counts); the same images under other
+    names score 0, inverted ones do not. Without FID weights it says how to get them."""
+    from test_metrics import _FakeInception
+
+    torch.manual_seed(0)
+    weights = tmp_path / "fid.pt"
+    torch.jit.script(_FakeInception()).save(str(weights))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(7)]
+    folders = {name: tmp_path / name for name in ("zebras", "same", "inverted")}
+    for folder in folders.values():
+        folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folders["zebras"] / f"zebra_{i}.png")
+        Image.fromarray(image).save(folders["same"] / f"horse_{i}.png")
+        if i < 5:  # 5 outputs against 7 targets
+            Image.fromarray(255 - image).save(folders["inverted"] / f"horse_{i}.png")
+
+    def evaluate(pred: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "gan_translate.evaluate", f"pred_dir={folders[pred]}",
+             f"target_dir={folders['zebras']}", "paired=false", f"output={tmp_path / pred}.json", *extra],
+            cwd=tmp_path, capture_output=True, text=True,
+        )
+
+    monkeypatch.delenv("GAN_TRANSLATE_FID_WEIGHTS", raising=False)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty_cache"))  # no cached weights either
+    missing = evaluate("same")
+    assert missing.returncode != 0 and "gan_translate.weights fetch fid" in missing.stderr
+    monkeypatch.setenv("GAN_TRANSLATE_FID_WEIGHTS", str(weights))
+    reports = {}
+    for pred in ("same", "inverted"):
+        assert evaluate(pred).returncode == 0
+        reports[pred] = json.loads((tmp_path / f"{pred}.json").read_text())
+    assert reports["inverted"]["num_images"] == 5 and reports["inverted"]["num_targets"] == 7
+    assert set(reports["same"]["metrics"]) == {"fid"} and not reports["same"]["paired"]
+    assert abs(reports["same"]["metrics"]["fid"]) < 1e-2 < reports["inverted"]["metrics"]["fid"]
 
 
 def test_evaluate_needs_a_source(tmp_path):

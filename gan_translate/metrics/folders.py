@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 
@@ -50,9 +51,15 @@ def evaluate_folders(
 
     ``metrics`` is reset first and left holding this evaluation's state. Returns the computed metrics plus
     ``num_images`` (number of pairs evaluated; ``max_images`` of ``metrics`` may cap what the metrics saw).
+
+    Unpaired ``metrics`` (``paired=False``: e.g. CycleGAN's horse->zebra outputs against the test zebras) compare
+    the two folders as distributions (FID/KID): any file names and counts; every image is resized to the first
+    prediction's size. ``num_targets`` is then returned too.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not metrics.paired:
+        return _evaluate_unpaired(pred_dir, target_dir, metrics, batch_size, device)
     preds = index_by_stem(list_images(pred_dir, "prediction folder"), "prediction folder")
     targets = index_by_stem(list_images(target_dir, "target folder"), "target folder")
     only_pred = sorted(set(preds) - set(targets))
@@ -85,6 +92,27 @@ def evaluate_folders(
             metrics.update(fake, real)
     result = metrics.compute()
     result["num_images"] = len(stems)
+    return result
+
+
+def _evaluate_unpaired(pred_dir, target_dir, metrics: TranslationMetrics, batch_size: int, device) -> dict[str, float]:
+    preds = list_images(pred_dir, "prediction folder")
+    targets = list_images(target_dir, "target folder")
+    if device is not None:
+        metrics.to(device)
+    metrics.reset()
+    first = load_image(preds[0])
+    size = (first.shape[2], first.shape[1])
+    empty = first.new_empty((0, *first.shape))
+
+    def stack(paths: list) -> Tensor:
+        return torch.stack([load_image(p, size=size) for p in paths]) if paths else empty
+
+    for fake_paths, real_paths in itertools.zip_longest(_batches(preds, batch_size), _batches(targets, batch_size),
+                                                        fillvalue=[]):
+        metrics.update(stack(fake_paths).to(metrics.device), stack(real_paths).to(metrics.device))
+    result = metrics.compute()
+    result["num_images"], result["num_targets"] = len(preds), len(targets)
     return result
 
 
