@@ -308,16 +308,19 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     torch.manual_seed(0)
     busy_steps = int(bench.busy_steps) if device.type == "cuda" else 0
     sync_steps = int(bench.sync_steps) if device.type == "cuda" else 0
-    extra = int(count_flops) + int(profile) + busy_steps + (sync_steps + 1 if sync_steps else 0)
-    steps = bench.warmup + bench.iterations + extra
+    # Untimed steps: warm-up first; the FLOP count / profile / busy window / sync count come after the timed steps,
+    # in that order (they slow a step down and their bookkeeping would raise the peak memory). The sync count
+    # ends at the start of the batch after its window, hence its extra step.
+    timed_end = bench.warmup + bench.iterations
+    count_at = timed_end if count_flops else None
+    profile_at = timed_end + int(count_flops) if profile else None
+    busy_first = timed_end + int(count_flops) + int(profile)
+    busy_at = busy_first if busy_steps else None
+    sync_at = busy_first + busy_steps
+    steps = sync_at + (sync_steps + 1 if sync_steps else 0)
     cfg = model_config(bench, model_name, setting, data_overrides(bench, model_name, steps, bench.data_workers),
                        MODE_OVERRIDES.get(mode, []))
     model = build_model(cfg)
-    # Untimed steps: warm-up first; the FLOP count / profile come after the timed steps (they slow a step
-    # down and their bookkeeping would raise the peak memory).
-    count_at = bench.warmup + bench.iterations if count_flops else None
-    profile_at = bench.warmup + bench.iterations + int(count_flops) if profile else None
-    busy_at = bench.warmup + bench.iterations + int(count_flops) + int(profile) if busy_steps else None
     # On CUDA a synchronisation per step would stall the very pipelining the fast path is for: by default the
     # timed steps are then measured as one window (synchronised at its ends only), per step only on the CPU.
     sync_each_step = device.type != "cuda" if bench.step_sync == "auto" else bool(bench.step_sync)
@@ -325,7 +328,7 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
                       (bench.warmup, bench.warmup + bench.iterations - 1), sync_each_step)
     callbacks: list[pl.Callback] = [timer]
     if sync_steps:  # after every other instrumented step: their own synchronisations stay out of the count
-        syncs = HostSyncCounter(bench.warmup + bench.iterations + int(count_flops) + int(profile) + busy_steps, sync_steps)
+        syncs = HostSyncCounter(sync_at, sync_steps)
         callbacks.append(syncs)
     if compile and device.type == "cuda":
         from torch._dynamo.utils import counters
