@@ -129,7 +129,7 @@ def test_reference_file_is_checked(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_all_modes_with_compile(tmp_path):
-    modes = ["fp32", "bf16", "channels_last", "compile", "best"]
+    modes = ["fp32", "bf16", "channels_last", "compile", "device_cache", "best"]  # conf/benchmark.yaml's default
     report = run_benchmark(tmp_path, "models=[pix2pix]", "profile=true")
     check_loop_only_report(report)
     assert [r["mode"] for r in report["models"]["pix2pix"]["modes"]] == modes
