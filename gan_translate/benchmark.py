@@ -85,14 +85,18 @@ MODES = {  # precision, channels_last, compile, data.device_cache
     "device_cache": ("32-true", False, False, True),
     "cuda_graphs": ("32-true", False, True, False),  # compile_mode=reduce-overhead (MODE_OVERRIDES)
     "no_sync": ("32-true", False, False, False),  # nonfinite_check=deferred: no host read of the losses per step
-    "gpu_fast": ("bf16-mixed", True, True, True),  # what trainer=gpu_fast turns on
+    "step_graph": ("32-true", False, False, False),  # model.step_graph: the whole training step as one CUDA graph
+    "gpu_fast": ("bf16-mixed", True, False, True),  # what trainer=gpu_fast turns on
 }
 # Switches of a mode beyond the four above.
 MODE_OVERRIDES = {
     "cuda_graphs": ["model.compile_mode=reduce-overhead"],
     "no_sync": ["model.nonfinite_check=deferred"],
-    "gpu_fast": ["model.compile_mode=reduce-overhead", "model.nonfinite_check=deferred"],
+    "step_graph": ["model.step_graph=true", "model.nonfinite_check=deferred"],
+    "gpu_fast": ["model.step_graph=true", "model.nonfinite_check=deferred"],
 }
+# Untimed steps a mode needs at least: model.step_graph runs 3 eager steps, captures the 4th, replays from the 5th.
+MODE_WARMUP = {"step_graph": 5, "gpu_fast": 5}
 MODEL_OVERRIDES = {
     "pix2pix": ["~experiment", "model=pix2pix", "generator=unet_256"],  # no demo widths
     "cyclegan": ["experiment=shapes_cyclegan", "generator=resnet_9blocks"],
@@ -305,13 +309,14 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
              count_flops: bool, profile: bool) -> dict:
     """Train ``warmup + iterations`` steps in a real Trainer and time generator inference."""
     precision, channels_last, compile, device_cache = setting
+    warmup = max(int(bench.warmup), MODE_WARMUP.get(mode, 0))
     torch.manual_seed(0)
     busy_steps = int(bench.busy_steps) if device.type == "cuda" else 0
     sync_steps = int(bench.sync_steps) if device.type == "cuda" else 0
     # Untimed steps: warm-up first; the FLOP count / profile / busy window / sync count come after the timed steps,
     # in that order (they slow a step down and their bookkeeping would raise the peak memory). The sync count
     # ends at the start of the batch after its window, hence its extra step.
-    timed_end = bench.warmup + bench.iterations
+    timed_end = warmup + bench.iterations
     count_at = timed_end if count_flops else None
     profile_at = timed_end + int(count_flops) if profile else None
     busy_first = timed_end + int(count_flops) + int(profile)
@@ -325,7 +330,7 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     # timed steps are then measured as one window (synchronised at its ends only), per step only on the CPU.
     sync_each_step = device.type != "cuda" if bench.step_sync == "auto" else bool(bench.step_sync)
     timer = StepTimer(device, count_at, profile_at, busy_at, busy_steps,
-                      (bench.warmup, bench.warmup + bench.iterations - 1), sync_each_step)
+                      (warmup, warmup + bench.iterations - 1), sync_each_step)
     callbacks: list[pl.Callback] = [timer]
     if sync_steps:  # after every other instrumented step: their own synchronisations stay out of the count
         syncs = HostSyncCounter(sync_at, sync_steps)
@@ -343,9 +348,9 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     )
     trainer.fit(model, datamodule=instantiate(cfg.data))
     training_rss_gb = timer.peak_rss_gb or peak_rss_gb()  # training only: compiled inference adds its own
-    timed = timer.times[bench.warmup:]
+    timed = timer.times[warmup:]
     step_s = statistics.median(timed)  # robust to the odd step slowed down by another process
-    timed_with_data = [t for t in timer.times_with_data[bench.warmup:] if not math.isnan(t)]  # none at warmup=0
+    timed_with_data = [t for t in timer.times_with_data[warmup:] if not math.isnan(t)]  # none at warmup=0
     window_s = timer.window_s / bench.iterations
     if not sync_each_step:  # the per-step times are enqueue times only: the window is the measure
         step_s, timed_with_data = window_s, [window_s]

@@ -1,5 +1,6 @@
 """Lightning callbacks of our own: sample grids written as PNG and sent to image-capable loggers, validation
-history, a progress bar with short loss names, and a model summary without the FLOPs column."""
+history, a progress bar with short loss names, a model summary without the FLOPs column, and the learning rate
+monitor for device-tensor learning rates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelSummary, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, RichProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid, save_image
 
@@ -148,6 +149,16 @@ class LossProgressBar(RichProgressBar):
         metrics.pop("v_num", None)
         self._shown = {name.removeprefix("train/").removeprefix("loss_"): value for name, value in metrics.items()}
         return self._shown
+
+
+class LearningRateLogger(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, logging a learning rate kept as a device tensor (``model.step_graph``: the
+    captured Adam reads it from device memory) as a number. Lightning's would keep the tensor itself in its
+    ``lrs`` history (one object, changed in place by the scheduler) and warn at every log."""
+
+    def _extract_lr(self, param_group: dict, name: str) -> dict:
+        lr = param_group["lr"]
+        return super()._extract_lr({"lr": float(lr) if isinstance(lr, torch.Tensor) else lr}, name)
 
 
 class ParameterSummary(ModelSummary):

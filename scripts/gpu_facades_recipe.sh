@@ -4,8 +4,8 @@
 # the FID weights are. Meant to run detached (setsid) so that it can outlive one device call:
 #   setsid bash scripts/gpu_facades_recipe.sh DATA RUN_DIR MAX_TRAIN_S [EXTRA_OVERRIDES...] &
 # Writes RUN_DIR/recipe_status.txt: one line per attempt (start, end, exit code, flags), then "done".
-# If the full gpu_fast set fails (e.g. a compile error on this torch), it retries once without torch.compile,
-# inside the same time budget. trainer.max_time stops training at MAX_TRAIN_S (the note must then say so).
+# If the full gpu_fast set fails (e.g. the step graph's capture on this torch), it retries once without the step
+# graph, inside the same time budget. trainer.max_time stops training at MAX_TRAIN_S (the note must then say so).
 set -u
 data=$1; run=$2; budget=$3; shift 3
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ attempt() {  # attempt NAME OVERRIDES...
   echo "$name start=$t0 end=$(date +%s.%N) rc=$rc overrides=$*" >> "$status"
   return $rc
 }
-attempt gpu_fast "$@" || { rm -rf "$run/checkpoints"; attempt no_compile model.compile=false "$@"; }
+attempt gpu_fast "$@" || { rm -rf "$run/checkpoints"; attempt no_step_graph model.step_graph=false "$@"; }
 t0=$(date +%s.%N)
 "${PYTHON:-python3}" scripts/quality_facades.py --setting paper --data "$data" --out "$run" --stage translate > "$run/translate.log" 2>&1
 rc=$?

@@ -82,7 +82,7 @@ def test_busy_seconds_is_the_union_of_kernel_intervals():
 
 
 def test_benchmark_smoke(tmp_path):
-    modes = ["fp32", "bf16", "channels_last", "no_sync", "best"]
+    modes = ["fp32", "bf16", "channels_last", "no_sync", "step_graph", "best"]
     report = run_benchmark(tmp_path, "models=[pix2pix,cyclegan]", f"modes=[{','.join(modes)}]", "isolate=false",
                            f"reference={ROOT / 'benchmarks' / 'reference_cpu.yaml'}")
     check_report(report, ["pix2pix", "cyclegan"], modes)
@@ -94,16 +94,18 @@ def test_benchmark_smoke(tmp_path):
 def test_benchmark_counts_host_syncs_and_cuda_graph_skips_on_cuda(tmp_path):
     """On CUDA each mode reports the host synchronisations of a few steady batches (with the lines causing them)
     and, compiled, the graphs torch ran without CUDA graphs. The per-step loss check (fp32: each loss read before
-    its update, 2 per pix2pix batch) synchronises; the deferred guard (no_sync) does not, per batch."""
+    its update, 2 per pix2pix batch) synchronises; the deferred guard (no_sync) does not, per batch, nor does the
+    replayed step graph."""
     output = tmp_path / "bench.json"
     command = [sys.executable, "-m", "gan_translate.benchmark", *[o for o in TINY if not o.startswith("device=")],
-               "device=cuda", "models=[pix2pix]", "modes=[fp32,no_sync,cuda_graphs]", "busy_steps=2",
+               "device=cuda", "models=[pix2pix]", "modes=[fp32,no_sync,cuda_graphs,step_graph]", "busy_steps=2",
                "sync_steps=3", "warmup=3", f"output={output}"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["mode"]: r for r in json.loads(output.read_text())["models"]["pix2pix"]["modes"]}
     assert rows["fp32"]["host_syncs_per_iteration"] >= 2 and rows["fp32"]["host_sync_locations"]
     assert rows["no_sync"]["host_syncs_per_iteration"] < rows["fp32"]["host_syncs_per_iteration"]
+    assert rows["step_graph"]["host_syncs_per_iteration"] <= rows["no_sync"]["host_syncs_per_iteration"]
     assert isinstance(rows["cuda_graphs"]["cudagraph_skips"], int) and "cudagraph_skips" not in rows["fp32"]
     assert "sync/it" in result.stdout
 

@@ -195,10 +195,8 @@ class AdversarialAutoencoder(GenerativeGAN):
             losses["loss_G"] = self.loss.lambda_adversarial * fooling
             self.optimization_step(opt_enc, losses["loss_G"], {"loss_G": losses["loss_G"]})
 
-        if self.logs_this_batch():
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real.size(0))
-            self.log_dict({"train/D_prior": prior_scores.detach().float().mean(),
-                           "train/D_code": code_scores.detach().float().mean()}, batch_size=real.size(0))
+        self.log_train({f"train/{k}": v for k, v in losses.items()}, real.size(0), prog_bar=True)
+        self.log_train({"train/D_prior": prior_scores, "train/D_code": code_scores}, real.size(0))  # their means
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()

@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 import gan_translate
 from gan_translate.models.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
 from gan_translate.models.norm_modes import EvalNormMode
+from gan_translate.models.step_graph import StepRecord, TrainingStepGraph
 
 CHECKPOINT_KEY = "gan_translate"
 # torch.compile modes; the first two replay CUDA graphs (on CUDA devices only: elsewhere they compile as default).
@@ -64,6 +65,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
     serves prediction and export."""
 
     paired: bool = True  # whether validation targets are pixel-aligned with the outputs
+    _step_record: StepRecord | None = None  # set while model.step_graph captures the training step
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         nonfinite: str = "raise",
         nonfinite_check: str = "step",
         log_every_batch: bool = True,
+        step_graph: bool = False,
     ) -> None:
         super().__init__()
         self.set_nonfinite_policy(nonfinite, nonfinite_check)  # see models/nonfinite.py
@@ -97,6 +100,8 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
             raise ValueError(f"model.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.compile_mode = compile_mode
         self.log_every_batch = log_every_batch
+        self.step_graph = step_graph  # see models/step_graph.py
+        self._step_graph: TrainingStepGraph | None = None
         self.run_config: dict | None = None  # the composed Hydra config, set by the entry point
         # A factory gets told whether targets are pixel-aligned (pix2pix) or only same-domain (CycleGAN).
         self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
@@ -163,6 +168,21 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
             return True
         return self.trainer._logger_connector.should_update_logs  # Lightning's own test (there is no public one)
 
+    def log_train(self, values: dict[str, torch.Tensor], batch_size: int, prog_bar: bool = False) -> None:
+        """Log training values by name; a tensor of several elements (D's scores) is logged as its mean.
+
+        Only on the batches that log (``logs_this_batch``). Under ``model.step_graph`` the captured step's values
+        are the graph's outputs, and the graph logs them after each replay that logs instead."""
+        record: StepRecord | None = self._step_record
+        if record is None and not self.logs_this_batch():
+            return
+        values = {name: value.detach() if value.ndim == 0 else value.detach().float().mean()
+                  for name, value in values.items()}
+        if record is not None:
+            record.logged.append((values, batch_size, prog_bar))
+        else:
+            self.log_dict(values, prog_bar=prog_bar, batch_size=batch_size)
+
     def _uses_cuda_graphs(self) -> bool:
         return self.compile_networks and self.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
 
@@ -179,6 +199,62 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
                 "(they launch kernel by kernel). TORCH_LOGS=cudagraphs prints the reasons."
             )
         return skips
+
+    # ----- model.step_graph: the whole training step as one CUDA graph (models/step_graph.py) -----
+    def step_graph_unsupported(self) -> str | None:
+        """Why this model's training step, as configured, cannot be captured (None: it can). A subclass whose
+        step decides something on the host adds its reason, naming the key (CycleGAN: its image pools)."""
+        return None
+
+    def check_step_graph(self) -> None:
+        """Refuse, before the first step and naming the keys, what a captured training step cannot do."""
+        reasons = []
+        if self.nonfinite != "ignore" and self.nonfinite_check == "step":
+            reasons.append("model.nonfinite_check=step reads every loss on the host: use model.nonfinite_check=deferred")
+        if self.compile_networks and self.compile_mode in CUDA_GRAPH_MODES:
+            reasons.append(f"model.compile_mode={self.compile_mode} makes CUDA graphs of each network itself: use "
+                           "default or max-autotune-no-cudagraphs")
+        if self.gradient_clip_val:
+            reasons.append("model.gradient_clip_val clips in Lightning's optimizer hook, which a replay skips: set null")
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            reasons.append(f"trainer.precision={self.trainer.precision} checks its GradScaler on the host: use "
+                           "bf16-mixed or 32-true")
+        if self.trainer.world_size > 1:
+            reasons.append(f"{self.trainer.world_size} processes: DDP's gradient all-reduce is not captured; one device only")
+        for name, optimizer in zip(self.optimizer_groups(), self.trainer.optimizers, strict=False):
+            if "capturable" not in optimizer.defaults:
+                reasons.append(f"the {name} optimizer ({type(optimizer).__name__}) has no capturable mode: use optim=adam")
+        reasons += [reason] if (reason := self.step_graph_unsupported()) else []
+        if reasons:
+            raise ValueError("model.step_graph=true: " + "; ".join(reasons))
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.step_graph:
+            self.check_step_graph()
+            self._make_optimizers_capturable()
+            # Lightning calls self.training_step: the graph stands in for it while this fit runs.
+            self._step_graph = TrainingStepGraph(self, type(self).training_step.__get__(self))
+            self.training_step = self._step_graph
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if "training_step" in self.__dict__:
+            del self.training_step
+        self._step_graph = None
+
+    def _make_optimizers_capturable(self) -> None:
+        """A captured update reads its learning rate from device memory (the schedulers fill the tensor in place)
+        and keeps its step counts on the device. After Lightning restored a checkpoint, so resumed runs too."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                device = group["params"][0].device
+                group["capturable"] = True
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=device).clone()
+                for param in group["params"]:
+                    state = optimizer.state.get(param, {})
+                    if isinstance(state.get("step"), torch.Tensor):
+                        state["step"] = state["step"].to(device)
 
     def _mark_cuda_graph_step(self) -> None:
         if self._uses_cuda_graphs():

@@ -91,10 +91,8 @@ class ConditionalGAN(GenerativeGAN):
             losses["loss_G"] = self.loss.gan.generator_loss(self.discriminator(fake, labels))
             self.optimization_step(opt_g, losses["loss_G"], {"loss_G": losses["loss_G"]})
 
-        if self.logs_this_batch():
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real.size(0))
-            self.log_dict({"train/D_real": real_scores.detach().float().mean(),
-                           "train/D_fake": fake_scores.detach().float().mean()}, batch_size=real.size(0))
+        self.log_train({f"train/{k}": v for k, v in losses.items()}, real.size(0), prog_bar=True)
+        self.log_train({"train/D_real": real_scores, "train/D_fake": fake_scores}, real.size(0))  # their means
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real, labels = self.prepare(batch["image"]), batch["label"]

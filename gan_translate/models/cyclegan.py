@@ -143,8 +143,7 @@ class CycleGAN(GANModule):
             d_terms = {k: losses[k] for k in ("loss_D_A", "loss_D_B")}
             self.optimization_step(opt_d, losses["loss_D_A"] + losses["loss_D_B"], d_terms)
 
-        if self.logs_this_batch():
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
+        self.log_train({f"train/{k}": v for k, v in losses.items()}, real_a.size(0), prog_bar=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])

@@ -30,6 +30,7 @@ from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import build_network
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns
 from gan_translate.networks.dcgan import LatentCodeHead
+from gan_translate.networks.layers import one_hot
 
 CONTINUOUS_LOSSES = ("gaussian", "mse")
 
@@ -82,8 +83,8 @@ class CodedGenerator(nn.Module):
         self.generator, self.categorical_dim = generator, categorical_dim
 
     def forward(self, z: torch.Tensor, code: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
-        one_hot = F.one_hot(code, self.categorical_dim).to(z.dtype)
-        return self.generator(torch.cat([z, one_hot, continuous.to(z.dtype)], dim=1))
+        code_one_hot = one_hot(code, self.categorical_dim).to(z.dtype)
+        return self.generator(torch.cat([z, code_one_hot, continuous.to(z.dtype)], dim=1))
 
 
 class InfoGAN(GenerativeGAN):
@@ -194,11 +195,10 @@ class InfoGAN(GenerativeGAN):
             self.optimization_step(opt_g, sum(g_terms.values()), g_terms)
 
         losses.update(g_terms)
-        if self.logs_this_batch():
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real.size(0))
-            accuracy = (logits.detach().argmax(dim=1) == code).float().mean()
-            self.log_dict({"train/q_accuracy": accuracy, "train/D_real": real_scores.detach().float().mean(),
-                           "train/D_fake": fake_scores.detach().float().mean()}, batch_size=real.size(0))
+        self.log_train({f"train/{k}": v for k, v in losses.items()}, real.size(0), prog_bar=True)
+        correct = (logits.detach().argmax(dim=1) == code).float()
+        self.log_train({"train/q_accuracy": correct, "train/D_real": real_scores, "train/D_fake": fake_scores},
+                       real.size(0))  # their means
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real = self.prepare(batch["image"])

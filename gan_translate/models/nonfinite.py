@@ -74,6 +74,7 @@ class NonFiniteLossPolicy:
     step_skipped: bool = False  # nonfinite_check=step only; deferred: ``batch_nonfinite`` (a device flag)
     batch_nonfinite: torch.Tensor | None = None
     _guard_log: list[tuple[int, int]]  # (global step, optimizer index) per guarded update since the last check
+    _batch_guard: list[tuple[int, int]]  # the same, for the updates of the current batch
 
     def set_nonfinite_policy(self, policy: str, check: str = "step") -> None:
         if policy not in NONFINITE_POLICIES:
@@ -81,7 +82,7 @@ class NonFiniteLossPolicy:
         if check not in NONFINITE_CHECKS:
             raise ValueError(f"model.nonfinite_check must be one of {NONFINITE_CHECKS}, got {check!r}")
         self.nonfinite, self.nonfinite_check = policy, check
-        self._guard_log = []
+        self._guard_log, self._batch_guard = [], []
 
     @property
     def deferred_guard(self) -> bool:
@@ -151,27 +152,42 @@ class NonFiniteLossPolicy:
         # Once an update of the batch was bad, its later ones are dropped too (their inputs derive from it).
         self.batch_nonfinite = bad if self.batch_nonfinite is None else self.batch_nonfinite | bad
         inner.found_inf = self.batch_nonfinite.float()  # read by the fused kernel at the next step()
-        # Which update was the first bad one: the host logs (global step, optimizer) per guarded update, the device
-        # its flag at the same position; the check reads the flags once.
-        self._guard_log.append((self.trainer.global_step, self._optimizer_index(optimizer)))
-        self._guard_flags(len(self._guard_log), loss.device)[len(self._guard_log) - 1].copy_(bad)
+        # Which update was the first bad one: per guarded update of the batch the host notes (global step,
+        # optimizer) and the device its flag in a slot; at the batch's end the slots join the flags since the last
+        # check in one copy, and the check reads those once. (The slots stay the same tensor from batch to batch:
+        # under model.step_graph they are outputs of the captured step.)
+        slot = len(self._batch_guard)
+        self._batch_guard.append((self.trainer.global_step, self._optimizer_index(optimizer)))
+        self._batch_slots = self._grown(getattr(self, "_batch_slots", None), slot + 1, loss.device)
+        self._batch_slots[slot].copy_(bad)
 
-    def _guard_flags(self, count: int, device: torch.device) -> torch.Tensor:
-        """The device flags of the guarded updates since the last check (room for at least ``count``; each
-        position is written before it is read, so nothing needs clearing)."""
-        flags = getattr(self, "_nonfinite_flags", None)
+    @staticmethod
+    def _grown(flags: torch.Tensor | None, count: int, device: torch.device) -> torch.Tensor:
+        """``flags``, or a larger copy of it when it holds fewer than ``count``. Each position is written before it
+        is read, so nothing needs clearing."""
         if flags is None or len(flags) < count:
             grown = torch.zeros(max(64, 2 * count), dtype=torch.bool, device=device)
             if flags is not None:
                 grown[: len(flags)].copy_(flags)
-            self._nonfinite_flags = flags = grown
+            flags = grown
         return flags
+
+    def _commit_batch_guard(self) -> None:
+        """The batch's guarded updates join those since the last check."""
+        if not self._batch_guard:
+            return
+        start, count = len(self._guard_log), len(self._batch_guard)
+        self._nonfinite_flags = self._grown(getattr(self, "_nonfinite_flags", None), start + count, self._batch_slots.device)
+        self._nonfinite_flags[start : start + count].copy_(self._batch_slots[:count])
+        self._guard_log += self._batch_guard
+        self._batch_guard = []
 
     def check_nonfinite(self, log: bool = True) -> None:
         """Deferred: read the device flags (one synchronisation); raise or warn about bad updates since the last.
         ``log=False`` where Lightning allows no ``self.log`` (checkpoint hooks): the count is logged next time."""
         if not self.deferred_guard:
             return
+        self._commit_batch_guard()  # a checkpoint callback may run before this batch's on_train_batch_end
         if self._guard_log:
             updates, self._guard_log = self._guard_log, []
             flags = self._nonfinite_flags[: len(updates)].tolist()
@@ -201,9 +217,11 @@ class NonFiniteLossPolicy:
         if self.nonfinite == "skip" or self.deferred_guard:
             self._buffers_before = BufferSnapshot([b for _, b in self.named_buffers()])
         self.batch_nonfinite = None  # deferred: set by the batch's first guarded update
+        self._batch_guard = []
         super().on_train_batch_start(batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._commit_batch_guard()
         if self.step_skipped:
             self._buffers_before.restore()
         elif self.deferred_guard and self.batch_nonfinite is not None:

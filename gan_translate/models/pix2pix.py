@@ -108,12 +108,8 @@ class Pix2Pix(GANModule):
             self.optimization_step(opt_g, sum(generator_losses.values()), generator_losses)
 
         losses.update(generator_losses)
-        if self.logs_this_batch():
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_a.size(0))
-            self.log_dict(
-                {"train/D_real": real_scores.detach().float().mean(), "train/D_fake": fake_scores.detach().float().mean()},
-                batch_size=real_a.size(0),
-            )
+        self.log_train({f"train/{k}": v for k, v in losses.items()}, real_a.size(0), prog_bar=True)
+        self.log_train({"train/D_real": real_scores, "train/D_fake": fake_scores}, real_a.size(0))  # their means
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         real_a, real_b = self.prepare(batch["A"]), self.prepare(batch["B"])

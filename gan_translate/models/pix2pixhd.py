@@ -117,6 +117,12 @@ class Pix2PixHD(GANModule):
         self._perceptual_factory = perceptual_network
 
     # ----- structure -----
+    def step_graph_unsupported(self) -> str | None:
+        if self.encoder is not None:
+            return ("model.feature_encoder=true: the instance-wise feature averaging numbers the regions of each "
+                    "map on the host (torch.unique); set it false")
+        return None
+
     def optimizer_groups(self):
         generator = list(self.generator.parameters())
         if self.encoder is not None:
@@ -237,8 +243,7 @@ class Pix2PixHD(GANModule):
             self.optimization_step(opt_g, sum(generator_losses.values()), generator_losses)
 
         losses.update(generator_losses)
-        if self.logs_this_batch():
-            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=True, batch_size=real_b.size(0))
+        self.log_train({f"train/{k}": v for k, v in losses.items()}, real_b.size(0), prog_bar=True)
 
     def generator_loss_terms(
         self, condition: torch.Tensor, real_pair: torch.Tensor, real_b: torch.Tensor, fake_b: torch.Tensor

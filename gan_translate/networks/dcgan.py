@@ -16,10 +16,9 @@ Image sizes: ``base * 2**n`` with ``base`` in 3..7 and n >= 1, e.g. 28 (7 -> 14 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.networks.layers import init_weights, norm_layer, uses_bias
+from gan_translate.networks.layers import init_weights, norm_layer, one_hot, uses_bias
 
 CONDITIONINGS = ("auto", "none", "concat", "projection")
 
@@ -113,7 +112,7 @@ class DCGANGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         labels = label_input(labels, self.num_classes, "this generator")
         if labels is not None:
-            code = self.embedding(labels) if self.embedding is not None else F.one_hot(labels, self.num_classes)
+            code = self.embedding(labels) if self.embedding is not None else one_hot(labels, self.num_classes)
             z = torch.cat([z, code.to(z.dtype)], dim=1)
         return self.model(z[:, :, None, None])
 
@@ -165,7 +164,7 @@ class DCGANDiscriminator(nn.Module):
     def features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         labels = label_input(labels, self.num_classes, f"discriminator (conditioning={self.conditioning})")
         if self.conditioning == "concat":
-            maps = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
+            maps = one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, maps.expand(-1, -1, *x.shape[-2:])], dim=1)
         return self.trunk(x)
 

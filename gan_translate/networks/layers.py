@@ -1,10 +1,11 @@
-"""Normalisation layers and weight initialisation shared by generators and discriminators."""
+"""Normalisation layers, weight initialisation and one-hot codes shared by generators and discriminators."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 NormFactory = Callable[[int], nn.Module]
@@ -69,3 +70,16 @@ def use_batch_statistics(net: nn.Module) -> Callable[[], None]:
             layer.eval()
 
     return restore
+
+
+def one_hot(indices: torch.Tensor, num_classes: int, dim: int = -1) -> torch.Tensor:
+    """Float one-hot codes of ``indices`` along a new axis at ``dim``, without reading the indices on the host.
+
+    ``F.one_hot`` checks the range on the host on CPUs (not on CUDA). With this the step does the same on every
+    device, so the CPU check of model.step_graph (no host reads in a captured step) holds for the GPU too. Indices
+    out of range still fail, in the scatter."""
+    dim = dim if dim >= 0 else indices.ndim + 1 + dim
+    index = indices.unsqueeze(dim)
+    shape = list(index.shape)
+    shape[dim] = num_classes
+    return torch.zeros(shape, device=indices.device).scatter_(dim, index, 1.0)

@@ -20,7 +20,7 @@ from torch import nn
 
 from gan_translate.networks.discriminators import NLayerDiscriminator
 from gan_translate.networks.generators import ResnetBlock
-from gan_translate.networks.layers import init_weights, norm_layer, uses_bias
+from gan_translate.networks.layers import init_weights, norm_layer, one_hot, uses_bias
 
 # Label maps travel as 8-bit grey images scaled to [-1, 1] (as every other input image): id = (x + 1) * 127.5.
 MAX_LABEL_NC = 256
@@ -299,14 +299,21 @@ def encode_label_ids(ids: torch.Tensor) -> torch.Tensor:
 
 
 def one_hot_labels(ids: torch.Tensor, label_nc: int) -> torch.Tensor:
-    """N x 1 x H x W class ids -> N x label_nc x H x W one-hot floats; ids outside [0, label_nc) are an error."""
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= label_nc:
-        raise ValueError(
-            f"label map holds class ids {low}..{high}, but label_nc={label_nc} (ids 0..{label_nc - 1}); "
-            "set data.label_nc to the number of classes"
-        )
-    return F.one_hot(ids[:, 0], label_nc).permute(0, 3, 1, 2).float()
+    """N x 1 x H x W class ids -> N x label_nc x H x W one-hot floats; ids outside [0, label_nc) are an error.
+
+    The check reads the ids on the host, except in a training step that model.step_graph captures (a capture
+    cannot wait for the host); the warm-up steps before it checked the data, and so does every label file read
+    (``data.labels.read_label_map``)."""
+    from gan_translate.models.step_graph import capturing_step  # networks do not import models at load time
+
+    if not capturing_step():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= label_nc:
+            raise ValueError(
+                f"label map holds class ids {low}..{high}, but label_nc={label_nc} (ids 0..{label_nc - 1}); "
+                "set data.label_nc to the number of classes"
+            )
+    return one_hot(ids[:, 0], label_nc, dim=1)
 
 
 def boundary_map(regions: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,288 @@
+"""``model.step_graph=true``: a whole training iteration (every D and G update of a batch) as one CUDA graph.
+
+Why: at batch 1 a GAN step is a few hundred small kernels, and the GPU waits for the host to launch them (issue
+14: an H200 busy 12 % of a 25 ms pix2pix step). ``torch.compile(mode="reduce-overhead")`` graphs each network
+call on its own and leaves the losses, the optimizers and the guard launching kernel by kernel, plus the graph
+trees' Python per call. Here the model's own ``training_step`` is captured once, forward, backward, the fused
+Adam updates and the non-finite guard included, and each later batch is one copy of its images into the graph's
+input tensors and one replay.
+
+How, per batch shape (a last, smaller batch gets a graph of its own, or runs eagerly past ``max_graphs``):
+1. ``warmup`` batches run the step eagerly, on a side stream (what CUDA graph capture wants: lazy
+   initialisations, cuDNN's choices, Adam's state and torch.compile's compilation happen before it);
+2. the next batch is captured, then replayed for that batch (capture records the kernels without running them);
+3. every later batch: its tensors are copied into the captured inputs and the graph is replayed.
+
+What the host did in the captured step is redone after each replay by this class: Lightning's optimizer-step
+count (``trainer.global_step``), the deferred non-finite guard's record, and the logged values (the captured
+step's values are the graph's outputs, logged on the batches that log). Python that is not torch work therefore
+runs once only, at capture: a step must not decide anything on the host from the batch (``.item()``, Python
+random numbers). ``GANModule.check_step_graph`` refuses the settings that do (``nonfinite_check=step``, a
+GradScaler, image pools, ...), naming the key.
+
+The optimizers run with ``capturable=True`` and the learning rate as a device tensor, so that the schedulers'
+per-epoch changes reach the captured update.
+
+Off CUDA (the tests) there is no graph: "capture" and "replay" run the step eagerly, and the host's work is then
+redone by the same code as on the GPU, so the bookkeeping is tested on the CPU. The CPU "capture" also refuses a
+step that reads a tensor's value on the host (``.item()``, ``bool(tensor)``, ``nonzero``), naming the line: on
+the GPU the capture would fail there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+log = logging.getLogger(__name__)
+
+
+def _batch_key(batch) -> tuple:
+    """Shapes and dtypes of the batch's tensors: one graph per distinct key."""
+    if isinstance(batch, torch.Tensor):
+        return (tuple(batch.shape), batch.dtype, batch.device)
+    if isinstance(batch, dict):
+        return tuple((key, _batch_key(value)) for key, value in batch.items())
+    if isinstance(batch, (list, tuple)):
+        return tuple(_batch_key(value) for value in batch)
+    return ()
+
+
+def _static_copy(batch):
+    """The graph's input tensors: new tensors with the batch's values (non-tensors are kept as they are)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.clone()
+    if isinstance(batch, dict):
+        return {key: _static_copy(value) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_static_copy(value) for value in batch)
+    return batch
+
+
+def _copy_into(static, batch) -> None:
+    if isinstance(static, torch.Tensor):
+        static.copy_(batch, non_blocking=True)
+    elif isinstance(static, dict):
+        for key, value in static.items():
+            _copy_into(value, batch[key])
+    elif isinstance(static, (list, tuple)):
+        for value, new in zip(static, batch, strict=True):
+            _copy_into(value, new)
+
+
+# Ops whose result the host needs (a tensor's value, or an output size that depends on values): on the GPU each
+# one synchronises, which a CUDA graph capture does not allow.
+HOST_READS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "equal", "is_nonzero")
+
+
+_capturing = False
+
+
+def capturing_step() -> bool:
+    """Whether a training step is being captured now (on the CPU: the eager run standing in for the capture),
+    for code that checks its inputs on the host and must leave that to the eager steps then."""
+    return _capturing
+
+
+class HostReadError(RuntimeError):
+    """A training step under model.step_graph reads a tensor's value on the host."""
+
+
+class FindHostReads(TorchDispatchMode):
+    """Notes every op in ``HOST_READS`` run inside it, with the line of the model's code that caused it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in HOST_READS:
+            self.found.append((str(func), self._caller()))
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _caller() -> str:
+        """The innermost line outside torch, Lightning and other installed packages: the model's own code."""
+        frames = [f for f in traceback.extract_stack()
+                  if "site-packages" not in f.filename and "/torch/" not in f.filename
+                  and f.filename not in (__file__, contextlib.__file__)]
+        return f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].line})" if frames else "?"
+
+
+@dataclass
+class StepRecord:
+    """What the captured step did on the host, to be redone after each replay."""
+
+    optimizer_steps: int = 0
+    logged: list[tuple[dict[str, torch.Tensor], int, bool]] = field(default_factory=list)  # values, batch size, bar
+    guard_updates: list[tuple[int, int]] = field(default_factory=list)  # (global step offset, optimizer index)
+    batch_nonfinite: torch.Tensor | None = None
+
+
+@dataclass
+class CapturedStep:
+    inputs: object  # the static batch
+    record: StepRecord
+    graph: torch.cuda.CUDAGraph | None  # None off CUDA
+
+
+class TrainingStepGraph:
+    """Callable that stands in for ``module.training_step`` while training (``GANModule.on_train_start``)."""
+
+    def __init__(self, module, step, warmup: int = 3, max_graphs: int = 2) -> None:
+        self.module = module
+        self.step = step  # the model's training_step, bound
+        self.warmup = warmup
+        self.max_graphs = max_graphs
+        self.captured: dict[tuple, CapturedStep] = {}
+        self.eager_batches: Counter = Counter()
+        self.replays = 0
+        self.on_cuda = module.device.type == "cuda"
+        self.side_stream = torch.cuda.Stream(module.device) if self.on_cuda else None
+
+    def __call__(self, batch, batch_idx: int) -> None:
+        key = _batch_key(batch)
+        entry = self.captured.get(key)
+        if entry is not None:
+            self._replay(entry, batch, batch_idx)
+        elif self.eager_batches[key] < self.warmup or len(self.captured) >= self.max_graphs:
+            self.eager_batches[key] += 1
+            self._eager(batch, batch_idx)
+        else:
+            self.captured[key] = self._capture(batch, batch_idx)
+
+    # ----- the three ways a batch is trained -----
+    def _eager(self, batch, batch_idx: int) -> None:
+        with self._on_side_stream():
+            self.step(batch, batch_idx)
+
+    def _capture(self, batch, batch_idx: int) -> CapturedStep:
+        module = self.module
+        inputs = _static_copy(batch)
+        # Gradients that do not exist yet are allocated by the captured backward in the graph's own memory and
+        # written (not accumulated) by each replay.
+        for optimizer in module.trainer.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        steps_before = module.trainer.global_step
+        record = StepRecord()
+        module._step_record = record
+        graph = torch.cuda.CUDAGraph() if self.on_cuda else None
+        try:
+            with self._on_side_stream(), self._capturing(graph) as host_reads:
+                self.step(inputs, batch_idx)
+            if host_reads is not None and host_reads.found:
+                places = "; ".join(f"{op} at {where}" for op, where in dict.fromkeys(host_reads.found))
+                raise HostReadError(
+                    f"model.step_graph: {type(module).__name__}.training_step reads a tensor's value on the host "
+                    f"({len(host_reads.found)} time(s): {places}); a CUDA graph capture fails there. Keep that "
+                    "decision on the device (torch.where), or train with model.step_graph=false."
+                )
+        except RuntimeError as error:
+            if graph is None:
+                raise
+            raise RuntimeError(
+                f"model.step_graph: {type(module).__name__}.training_step could not be captured as a CUDA graph "
+                f"({error}). Train with model.step_graph=false, or find what in the step reads a device value on "
+                "the host or draws host random numbers."
+            ) from error
+        finally:
+            module._step_record = None
+        record.optimizer_steps = module.trainer.global_step - steps_before
+        record.guard_updates = [(step - steps_before, index) for step, index in module._batch_guard]
+        record.batch_nonfinite = module.batch_nonfinite
+        if graph is not None:
+            graph.replay()  # the capture only recorded this batch's work
+        self._after_step(record, steps_before=None)
+        log.info("model.step_graph: captured the training step of batches shaped %s", _batch_key(batch))
+        return CapturedStep(inputs, record, graph)
+
+    def _replay(self, entry: CapturedStep, batch, batch_idx: int) -> None:
+        _copy_into(entry.inputs, batch)
+        steps_before = self.module.trainer.global_step
+        if entry.graph is not None:
+            entry.graph.replay()
+        else:
+            self._eager_replay(entry, batch_idx)
+        self.replays += 1
+        self._after_step(entry.record, steps_before)
+
+    def _eager_replay(self, entry: CapturedStep, batch_idx: int) -> None:
+        """Off CUDA: run the step again in place of the graph, write its values into the captured outputs and undo
+        its host bookkeeping, which ``_after_step`` then redoes from the capture's record, as after a replay."""
+        module = self.module
+        progress = self._step_progress()
+        saved = progress.state_dict()
+        record = StepRecord()
+        module._step_record = record
+        try:
+            with self._capturing(None):
+                self.step(entry.inputs, batch_idx)
+        finally:
+            module._step_record = None
+        progress.load_state_dict(saved)
+        for (captured, _, _), (fresh, _, _) in zip(entry.record.logged, record.logged, strict=True):
+            for name, value in captured.items():
+                value.copy_(fresh[name])
+        if entry.record.batch_nonfinite is not None:
+            entry.record.batch_nonfinite.copy_(module.batch_nonfinite)
+
+    # ----- the host's share of a step -----
+    def _after_step(self, record: StepRecord, steps_before: int | None) -> None:
+        """Redo, for a replayed batch, what the step's Python did (``steps_before`` None: the step's Python ran)."""
+        module = self.module
+        if steps_before is not None:
+            progress = self._step_progress()
+            for _ in range(record.optimizer_steps):  # what Lightning's optimizer wrapper counts per step()
+                progress.increment_ready()
+                progress.increment_completed()
+            module._batch_guard = [(steps_before + offset, index) for offset, index in record.guard_updates]
+            module.batch_nonfinite = record.batch_nonfinite
+        if module.logs_this_batch():
+            for values, batch_size, prog_bar in record.logged:
+                module.log_dict(values, prog_bar=prog_bar, batch_size=batch_size)
+
+    def _step_progress(self):
+        # Lightning counts manual optimizer steps here (trainer.global_step is its total); there is no public
+        # way to count a step that did not go through its optimizer wrapper.
+        return self.module.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+
+    @contextlib.contextmanager
+    def _on_side_stream(self):
+        if self.side_stream is None:
+            yield
+            return
+        self.side_stream.wait_stream(torch.cuda.current_stream(self.side_stream.device))
+        with torch.cuda.stream(self.side_stream):
+            yield
+        torch.cuda.current_stream(self.side_stream.device).wait_stream(self.side_stream)
+
+    @contextlib.contextmanager
+    def _capturing(self, graph: torch.cuda.CUDAGraph | None):
+        global _capturing
+        _capturing = True
+        try:
+            with self._recording(graph) as host_reads:
+                yield host_reads
+        finally:
+            _capturing = False
+
+    @contextlib.contextmanager
+    def _recording(self, graph: torch.cuda.CUDAGraph | None):
+        if graph is None:  # off CUDA: the step runs eagerly, and what would break a capture is noted
+            with FindHostReads() as host_reads:
+                yield host_reads
+            return
+        # Autocast's cache of casted weights must not outlive the capture (their memory is the graph's);
+        # thread_local: the DataLoader's pinning thread may use CUDA meanwhile.
+        device = self.module.device.type
+        autocast = torch.autocast(
+            device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device), cache_enabled=False
+        )
+        with torch.cuda.graph(graph, stream=self.side_stream, capture_error_mode="thread_local"), autocast:
+            yield None

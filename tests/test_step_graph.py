@@ -1,0 +1,182 @@
+"""model.step_graph: the whole training step captured once and replayed per batch (models/step_graph.py).
+
+On the CPU there is no CUDA graph: the captured step runs eagerly, and everything the host redoes after a replay
+(Lightning's step count, the logged values, the non-finite guard's record, the device learning rate) goes
+through the same code as on the GPU. These tests hold that bookkeeping to the normal path's results. The
+capture itself is tested on CUDA only (``test_cuda_capture_trains_like_the_eager_step``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import (
+    TINY_CPU_QUIET,
+    TINY_CYCLEGAN_OVERRIDES,
+    TINY_OVERRIDES,
+    compose_train,
+    logged,
+    read_metrics,
+)
+from test_gan_family import RUN as FAMILY_RUN
+from test_gan_family import TINY as FAMILY
+from test_pix2pixhd import TINY_HD
+
+from gan_translate.models.base import NonFiniteLossError
+from gan_translate.models.pix2pix import Pix2Pix
+from gan_translate.models.step_graph import HostReadError
+from gan_translate.resume import nonfinite_entries
+from gan_translate.train import train
+
+# Batch 1 where the model allows it: 3 warm-up batches, the capture, then replays, in every epoch after the first.
+# The scheduler halves the learning rate at each epoch (the captured Adam reads it from a float32 tensor; powers of
+# two keep it exact, so the runs must agree bit for bit), and the values reach the loggers every 3 batches only
+# (the replays log the graph's outputs then).
+COMMON = ["trainer.max_epochs=3", "optim.lr=0.000244140625", "scheduler=step", "scheduler.step_size=1",
+          "scheduler.gamma=0.5", "model.nonfinite_check=deferred", "model.log_every_batch=false",
+          "trainer.log_every_n_steps=3"]
+MODELS = {
+    "pix2pix": [*TINY_OVERRIDES, "data.batch_size=1"],
+    "cyclegan": [*TINY_CYCLEGAN_OVERRIDES, "model.pool_size=4", "data.batch_size=1", "generator.n_blocks=2"],
+    "pix2pixhd": [*TINY_HD, "data.batch_size=1"],
+    **{name: [*overrides, *FAMILY_RUN, "data.batch_size=2"] for name, overrides in FAMILY.items()},
+}
+MODELS["infogan"].append("model.generator_lr=0.0009765625")  # 2^-10 for the 1e-3 of its tiny run
+
+
+class GraphStats(pl.Callback):
+    """How many batches the step graph replayed (read before the model lets go of its graph)."""
+
+    replays = captured = 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        graph = pl_module._step_graph
+        self.replays, self.captured = graph.replays, len(graph.captured)
+
+
+def fit(tmp_path, overrides, step_graph: bool, *extra: str, callbacks=()):
+    cfg = compose_train([*overrides, *COMMON, f"model.step_graph={step_graph}", *extra], tmp_path)
+    train(cfg, extra_callbacks=list(callbacks))
+    return torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_step_graph_trains_like_the_eager_step(tmp_path, model):
+    """Same seed: the same optimizer-step count, and the same logged values, learning rates and final weights, bit
+    for bit, as the normal step."""
+    stats = GraphStats()
+    eager = fit(tmp_path / "eager", MODELS[model], False)
+    graphed = fit(tmp_path / "graph", MODELS[model], True, callbacks=[stats])
+    assert stats.captured == 1 and stats.replays > 0
+    assert graphed["global_step"] == eager["global_step"] > 0
+    rows = {run: read_metrics(tmp_path / run) for run in ("eager", "graph")}
+    keys = [k for k in rows["eager"][0] if k.startswith(("train/", "lr-"))]
+    assert any(k.startswith("train/loss") for k in keys) and any(k.startswith("lr-") for k in keys)
+    for key in keys:
+        values = logged(rows["eager"], key)
+        assert values and all(math.isfinite(v) for v in values), key
+        assert logged(rows["graph"], key) == values, key
+    for name, weight in eager["state_dict"].items():
+        assert torch.equal(graphed["state_dict"][name], weight), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.nonfinite_check=step"], "model.nonfinite_check=step reads every loss on the host"),
+        (["model.compile=true", "model.compile_mode=reduce-overhead"], "model.compile_mode=reduce-overhead"),
+        (["model.gradient_clip_val=1.0"], "model.gradient_clip_val"),
+        (["optim._target_=torch.optim.SGD", "~optim.betas", "~optim.fused"], "has no capturable mode"),
+        (["experiment=demo_pix2pixhd", "generator.n_downsample_global=2", "model.feature_encoder=true",
+          "model.encoder_downsampling=2", "data.size=64"],
+         "model.feature_encoder=true"),
+    ],
+    ids=["host-check", "compile-graphs", "clipping", "sgd", "pix2pixhd-encoder"],
+)
+def test_step_graph_refuses_what_a_capture_cannot_do(tmp_path, overrides, message):
+    """Before the first step, naming the key to change."""
+    base = TINY_CPU_QUIET if "experiment=demo_pix2pixhd" in overrides else TINY_OVERRIDES
+    cfg = compose_train([*base, "model.step_graph=true", "model.nonfinite_check=deferred", *overrides], tmp_path)
+    with pytest.raises(ValueError, match=f"model.step_graph=true: .*{message}"):
+        train(cfg)
+
+
+class ReadsOnHost(Pix2Pix):
+    """A step that decides on the host from a tensor's value (what a CUDA graph cannot replay)."""
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        if batch["A"].mean() > 10:  # bool(tensor): the host reads the value
+            raise AssertionError("never")
+
+
+def test_a_step_reading_a_value_on_the_host_is_named(tmp_path):
+    cfg = compose_train([*TINY_OVERRIDES, "data.batch_size=1", *COMMON, "model.step_graph=true",
+                         "model._target_=test_step_graph.ReadsOnHost"], tmp_path)
+    with pytest.raises(HostReadError, match=r"ReadsOnHost.training_step reads .* at .*test_step_graph.py:\d+ \(if batch"):
+        train(cfg)
+
+
+class PoisonFromBatch(pl.Callback):
+    """NaN in an input image from the ``first``-th training batch on (counted over the whole run)."""
+
+    def __init__(self, first: int) -> None:
+        self.first, self.seen = first, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.seen >= self.first:
+            batch["A"][0, 0, 0, 0] = float("nan")
+        self.seen += 1
+
+
+def test_nonfinite_guard_inside_the_graph(tmp_path):
+    """A NaN batch met in a replay: skip drops its updates like the normal step (same weights, NaN-free), and
+    raise stops at the next check naming the first bad update's step."""
+    tiny = [*TINY_OVERRIDES, "data.batch_size=1", "data.train_length=6"]  # 6 batches per epoch
+    runs = {}
+    for step_graph in (False, True):
+        with pytest.warns(UserWarning, match="skipped a step"):
+            runs[step_graph] = fit(tmp_path / str(step_graph), tiny, step_graph, "model.nonfinite=skip",
+                                   callbacks=[PoisonFromBatch(8)])  # batch 8: a replay (warm-up 0-2, capture 3)
+    assert not nonfinite_entries(runs[True]["state_dict"])
+    for name, weight in runs[False]["state_dict"].items():
+        assert torch.equal(runs[True]["state_dict"][name], weight), name
+    with pytest.raises(NonFiniteLossError, match=r"the first of them the discriminator loss at global step 16 "):
+        fit(tmp_path / "raise", tiny, True, callbacks=[PoisonFromBatch(8)])
+    last = torch.load(tmp_path / "raise" / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 12 and not nonfinite_entries(last["state_dict"])  # epoch 0's, before the NaN
+
+
+def test_resume_of_a_step_graph_run(tmp_path):
+    """Stopped after an epoch and resumed (Lightning restores the optimizers, then they are made capturable again),
+    it ends with the same weights as the run that went through; its checkpoint also resumes without the graph."""
+    tiny = [*TINY_OVERRIDES, "data.batch_size=1", "data.train_length=6", "seed=3"]
+    full = fit(tmp_path / "full", tiny, True)
+    split = tmp_path / "split"
+    fit(split, tiny, True, "trainer.max_steps=12")
+    resumed = fit(split, tiny, True, f"resume={split}")
+    assert resumed["global_step"] == full["global_step"] == 36
+    for name, weight in full["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
+    plain = fit(tmp_path / "plain", tiny, False, "trainer.max_epochs=4", f"ckpt_path={split / 'checkpoints/last.ckpt'}")
+    assert plain["global_step"] == 48 and not nonfinite_entries(plain["state_dict"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_cuda_capture_trains_like_the_eager_step(tmp_path, precision):
+    """On a GPU the step is really captured: same step count and close weights as the eager step (dropout draws
+    differ between a graph and eager kernels, so pix2pix runs without dropout here)."""
+    overrides = [*TINY_CPU_QUIET, "generator.num_downs=5", "generator.use_dropout=false", "data.batch_size=1",
+                 "trainer.accelerator=gpu", f"trainer.precision={precision}", "trainer.deterministic=false"]
+    stats = GraphStats()
+    eager = fit(tmp_path / "eager", overrides, False)
+    graphed = fit(tmp_path / "graph", overrides, True, callbacks=[stats])
+    assert stats.captured == 1 and stats.replays > 0
+    assert graphed["global_step"] == eager["global_step"]
+    tolerance = {"rtol": 2e-2, "atol": 2e-3} if precision == "bf16-mixed" else {"rtol": 1e-3, "atol": 1e-4}
+    for name, weight in eager["state_dict"].items():
+        torch.testing.assert_close(graphed["state_dict"][name].float(), weight.float(), **tolerance, msg=name)
