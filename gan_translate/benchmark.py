@@ -34,6 +34,7 @@ import resource
 import statistics
 import sys
 import time
+import types
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,6 +87,9 @@ MODES = {  # precision, channels_last, compile, data.device_cache
     "cuda_graphs": ("32-true", False, True, False),  # compile_mode=reduce-overhead (MODE_OVERRIDES)
     "no_sync": ("32-true", False, False, False),  # nonfinite_check=deferred: no host read of the losses per step
     "step_graph": ("32-true", False, False, False),  # model.step_graph: the whole training step as one CUDA graph
+    # The floor under any step: Lightning's loop, the device cache's batches and logging, with a training step
+    # that only logs (no network runs). What a step graph cannot go below on this host.
+    "loop_only": ("32-true", False, False, True),
     "gpu_fast": ("bf16-mixed", True, False, True),  # what trainer=gpu_fast turns on
 }
 # Switches of a mode beyond the four above.
@@ -110,7 +114,8 @@ SYNTHETIC_DATA = {"pix2pix": "synthetic_facades", "cyclegan": "synthetic_shapes"
                   "pix2pixhd": "synthetic_label_facades"}
 REAL_DATA = {"pix2pix": ["data=aligned", "data.direction=BtoA"], "cyclegan": ["data=unaligned"]}
 # Modes a model's data cannot take: the pix2pixHD label/instance data has no device cache.
-UNSUPPORTED_MODES = {"pix2pixhd": {"device_cache": "pix2pixHD label/instance data has no data.device_cache"}}
+UNSUPPORTED_MODES = {"pix2pixhd": {mode: "pix2pixHD label/instance data has no data.device_cache"
+                                    for mode in ("device_cache", "loop_only")}}
 
 
 def image_size(bench: DictConfig, model: str) -> tuple[int, int]:
@@ -305,6 +310,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def loop_only_step(model, batch: dict, batch_idx: int) -> None:
+    """The loop_only mode's training step: logs one value from the batch, as a real step logs its losses."""
+    images = next(value for value in batch.values() if isinstance(value, torch.Tensor))
+    model.log_train({"train/loss": images.new_zeros(())}, images.size(0), prog_bar=True)
+
+
 def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str, setting: tuple,
              count_flops: bool, profile: bool) -> dict:
     """Train ``warmup + iterations`` steps in a real Trainer and time generator inference."""
@@ -326,6 +337,8 @@ def run_mode(bench: DictConfig, device: torch.device, model_name: str, mode: str
     cfg = model_config(bench, model_name, setting, data_overrides(bench, model_name, steps, bench.data_workers),
                        MODE_OVERRIDES.get(mode, []))
     model = build_model(cfg)
+    if mode == "loop_only":
+        model.training_step = types.MethodType(loop_only_step, model)
     # On CUDA a synchronisation per step would stall the very pipelining the fast path is for: by default the
     # timed steps are then measured as one window (synchronised at its ends only), per step only on the CPU.
     sync_each_step = device.type != "cuda" if bench.step_sync == "auto" else bool(bench.step_sync)
@@ -688,6 +701,10 @@ def format_table(report: dict) -> str:
                          f" {_number(r.get('host_syncs_per_iteration')):7.2f} {_number(r.get('cudagraph_skips')):7.0f}")
             lines.append(line)
         data = summary["data_wait"]
+        if summary.get("loop_floor"):
+            floor = summary["loop_floor"]
+            lines.append(f"{'':9} loop floor (loop_only: Lightning's loop, the device cache's batches and logging, no "
+                         f"network): {1000 * _number(floor['s_per_iteration_with_data']):.2f} ms/iteration with data")
         if summary.get("recipe_projection"):
             projection = summary["recipe_projection"]
             lines.append(f"{'':9} full recipe ({projection['iterations']} iterations) at {projection['mode']}: "
@@ -748,6 +765,7 @@ def run(bench: DictConfig) -> dict:
         has_loop = model_name in REFERENCE_STEPS
         loops = [call(run_reference_loop, bench, device, model_name)] if has_loop else []
         results: list[dict] = []
+        floor = None
         for mode in modes:
             if mode in UNSUPPORTED_MODES.get(model_name, {}):
                 report["skipped"][f"{model_name}/{mode}"] = UNSUPPORTED_MODES[model_name][mode]
@@ -755,7 +773,11 @@ def run(bench: DictConfig) -> dict:
             setting = choose_best(results) if mode == "best" else MODES[mode]
             print(f"[benchmark] {model_name} {mode} {setting}", file=sys.stderr, flush=True)
             first = mode == "fp32"
-            results.append(call(run_mode, bench, device, model_name, mode, setting, first, first and bench.profile))
+            result = call(run_mode, bench, device, model_name, mode, setting, first, first and bench.profile)
+            if mode == "loop_only":  # not a training mode: kept out of the ratios, the best and the projection
+                floor = {key: result[key] for key in ("s_per_iteration", "s_per_iteration_with_data", "gpu_busy_fraction")}
+            else:
+                results.append(result)
         if has_loop:
             loops.append(call(run_reference_loop, bench, device, model_name))
         flops = results[0]["flops_per_iteration"]
@@ -775,6 +797,8 @@ def run(bench: DictConfig) -> dict:
         best_step = min(r["s_per_iteration"] for r in results)
         summary["data_wait"]["fraction_of_step"] = summary["data_wait"]["s_per_batch"] / best_step
         summary["recipe_projection"] = recipe_projection(bench, model_name, results)
+        if floor is not None:
+            summary["loop_floor"] = floor
         report["models"][model_name] = summary
     return report
 

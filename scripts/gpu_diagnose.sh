@@ -17,9 +17,10 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_step_gra
 echo "pytest rc=$?" >> "$out/pytest_cuda.log"
 tail -n 15 "$out/pytest_cuda.log"
 # ms/iteration (with data), %busy and sync/it: fp32 eager, fp32 with the step graph, and gpu_fast (bf16 +
-# channels_last + step graph + device cache); pix2pix on the real facades, CycleGAN on the embedded shapes.
+# channels_last + step graph + device cache); the loop floor (no network); pix2pix on the real facades, CycleGAN
+# on the embedded shapes.
 timeout 360 python3 -m gan_translate.benchmark device=cuda 'models=[pix2pix,cyclegan]' \
-  'modes=[fp32,step_graph,gpu_fast]' warmup=20 iterations=100 'data_root={pix2pix: .gpu/facades}' data_workers=4 \
+  'modes=[fp32,step_graph,gpu_fast,loop_only]' warmup=20 iterations=100 'data_root={pix2pix: .gpu/facades}' data_workers=4 \
   matmul_seconds=0.2 "output=$out/bench.json" > "$out/bench.log" 2>&1
 echo "benchmark rc=$?"
 grep -iE "step_graph|capture|Error" "$out/bench.log" | sort | uniq -c | sort -rn | head -10

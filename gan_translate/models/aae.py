@@ -62,11 +62,15 @@ class AAELoss(nn.Module):
         return self.lambda_reconstruction * error(reconstruction.float(), images.float())
 
 
-def sample_prior(prior: str, n: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` draws of p(z) on the CPU (``mixture10``: component k uniform, mean on a circle in dims 0-1)."""
-    z = torch.randn(n, dim, generator=generator)
+def sample_prior(prior: str, n: int, dim: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """``n`` draws of p(z) (``mixture10``: component k uniform, mean on a circle in dims 0-1), on ``generator``'s
+    device, else on ``device`` (the training step draws on the training device: under model.step_graph a draw on
+    the CPU would be copied in once, at capture, and then repeat)."""
+    device = generator.device if generator is not None else device
+    z = torch.randn(n, dim, generator=generator, device=device)
     if prior == "mixture10":
-        component = torch.randint(10, (n,), generator=generator)
+        component = torch.randint(10, (n,), generator=generator, device=device)
         angle = 2 * math.pi * component.float() / 10
         z[:, :2] = z[:, :2] * MIXTURE_STD + MIXTURE_RADIUS * torch.stack([angle.cos(), angle.sin()], dim=1)
     return z
@@ -184,7 +188,7 @@ class AdversarialAutoencoder(GenerativeGAN):
 
         # 2) Regularization phase, D: prior samples are "real", the encoder's codes "fake".
         with self.updating(opt_d):
-            prior = sample_prior(self.prior, real.size(0), self.latent_dim).to(codes)
+            prior = sample_prior(self.prior, real.size(0), self.latent_dim, device=codes.device).to(codes)
             prior_scores, code_scores = self.discriminator(prior), self.discriminator(codes.detach())
             losses["loss_D"] = self.loss.gan.discriminator_loss(prior_scores, code_scores)
             self.optimization_step(opt_d, losses["loss_D"], {"loss_D": losses["loss_D"]})

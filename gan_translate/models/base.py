@@ -228,20 +228,26 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         if reasons:
             raise ValueError("model.step_graph=true: " + "; ".join(reasons))
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.step_graph:  # before the sanity validation: the settings are known, nothing has run yet
+            self.check_step_graph()
+
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.step_graph:
-            self.check_step_graph()
-            self._make_optimizers_capturable()
+            self._make_optimizers_capturable()  # after Lightning restored a checkpoint's optimizer states
             # Lightning calls self.training_step: the graph stands in for it while this fit runs.
             self._step_graph = TrainingStepGraph(self, type(self).training_step.__get__(self))
             self.training_step = self._step_graph
+            self.guard_buffers_in_step = True
 
     def teardown(self, stage: str) -> None:
         super().teardown(stage)
         if "training_step" in self.__dict__:
             del self.training_step
         self._step_graph = None
+        self.guard_buffers_in_step = False
 
     def _make_optimizers_capturable(self) -> None:
         """A captured update reads its learning rate from device memory (the schedulers fill the tensor in place)

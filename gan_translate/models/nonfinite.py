@@ -24,6 +24,9 @@ A mixin for LightningModules that optimize manually: ``optimization_step`` asks 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
@@ -212,20 +215,33 @@ class NonFiniteLossPolicy:
     # A bad batch's forward pass has already updated the norm layers' running statistics (and batch counts);
     # they are put back as they were before the batch (a small copy: norm buffers are per channel). Deferred:
     # by torch.where.
+    # model.step_graph: the snapshot and the restore belong to the captured step (``norm_buffers_guarded``), so that
+    # a replayed batch launches them with the graph instead of one by one.
+    guard_buffers_in_step: bool = False
+
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.step_skipped = False
-        if self.nonfinite == "skip" or self.deferred_guard:
+        if (self.nonfinite == "skip" or self.deferred_guard) and not self.guard_buffers_in_step:
             self._buffers_before = BufferSnapshot([b for _, b in self.named_buffers()])
         self.batch_nonfinite = None  # deferred: set by the batch's first guarded update
         self._batch_guard = []
         super().on_train_batch_start(batch, batch_idx)
+
+    @contextmanager
+    def norm_buffers_guarded(self) -> Iterator[None]:
+        """Deferred guard, around a training step: the norm buffers as before the step where an update was bad."""
+        snapshot = BufferSnapshot([b for _, b in self.named_buffers()]) if self.deferred_guard else None
+        yield
+        if snapshot is not None and self.batch_nonfinite is not None:
+            snapshot.restore(where=self.batch_nonfinite)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self._commit_batch_guard()
         if self.step_skipped:
             self._buffers_before.restore()
         elif self.deferred_guard and self.batch_nonfinite is not None:
-            self._buffers_before.restore(where=self.batch_nonfinite)
+            if not self.guard_buffers_in_step:
+                self._buffers_before.restore(where=self.batch_nonfinite)
             if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
                 self.check_nonfinite()
         super().on_train_batch_end(outputs, batch, batch_idx)

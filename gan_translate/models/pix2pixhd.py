@@ -170,6 +170,7 @@ class Pix2PixHD(GANModule):
             self.perceptual_loss()  # a missing VGG weights file fails here, before any training
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # After a resumed checkpoint is restored (trainer.ckpt_path is known by now): a resumed stage 2 keeps
         # its own weights and does not need the stage-1 file any more. Every DDP rank loads the same file.
         if self.global_ckpt and self.trainer.ckpt_path is None:

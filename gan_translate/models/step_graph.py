@@ -158,9 +158,14 @@ class TrainingStepGraph:
             self.captured[key] = self._capture(batch, batch_idx)
 
     # ----- the three ways a batch is trained -----
+    def _run_step(self, batch, batch_idx: int) -> None:
+        """The model's step, with the deferred guard's snapshot and restore of the norm buffers (in the graph)."""
+        with self.module.norm_buffers_guarded():
+            self.step(batch, batch_idx)
+
     def _eager(self, batch, batch_idx: int) -> None:
         with self._on_side_stream():
-            self.step(batch, batch_idx)
+            self._run_step(batch, batch_idx)
 
     def _capture(self, batch, batch_idx: int) -> CapturedStep:
         module = self.module
@@ -175,7 +180,7 @@ class TrainingStepGraph:
         graph = torch.cuda.CUDAGraph() if self.on_cuda else None
         try:
             with self._on_side_stream(), self._capturing(graph) as host_reads:
-                self.step(inputs, batch_idx)
+                self._run_step(inputs, batch_idx)
             if host_reads is not None and host_reads.found:
                 places = "; ".join(f"{op} at {where}" for op, where in dict.fromkeys(host_reads.found))
                 raise HostReadError(
@@ -222,7 +227,7 @@ class TrainingStepGraph:
         module._step_record = record
         try:
             with self._capturing(None):
-                self.step(entry.inputs, batch_idx)
+                self._run_step(entry.inputs, batch_idx)
         finally:
             module._step_record = None
         progress.load_state_dict(saved)
