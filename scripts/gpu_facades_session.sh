@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 14 on a lent GPU machine (the workplace's device tool: $OUT comes back, at most 8 files of 16 MiB), in two
 # calls, the recipe running detached between them (a call is limited to 10 minutes, the recipe may take longer):
-#   start TRAIN_BUDGET_S WATCH_S  the CUDA tests (150 s at most), then scripts/gpu_facades_recipe.sh detached with
-#                                 TRAIN_BUDGET_S, watched until it is done or WATCH_S after the call began; packs
+#   start TRAIN_BUDGET_S WATCH_S  the CUDA tests of the step graph and the device cache (150 s at most); if they
+#                                 pass, scripts/gpu_facades_recipe.sh detached with TRAIN_BUDGET_S, watched until
+#                                 it is done or WATCH_S after the call began; if not, scripts/gpu_diagnose.sh
+#                                 instead (a recipe without the step graph would only repeat the 19.7 ms run); packs
 #   finish WAIT_S                 waits for the recipe (WAIT_S at most) and packs
 # Run from the repository root with the data copied to .gpu/facades and the wheels of scripts/gpu_wheels.sh in
 # .whl (both named in the call's carry); the command first installs them:
@@ -34,9 +36,15 @@ case $1 in
     nvidia-smi -L
     python3 -c "import torch, pytorch_lightning, hydra; print(torch.__version__, pytorch_lightning.__version__, hydra.__version__)"
     rm -rf "$run" && mkdir -p "$run"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_device_cache.py tests/test_precision.py \
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_step_graph.py tests/test_device_cache.py \
       > "$run/pytest_cuda.log" 2>&1
-    echo "pytest rc=$?" >> "$run/pytest_cuda.log"; tail -n 4 "$run/pytest_cuda.log"
+    rc=$?
+    echo "pytest rc=$rc" >> "$run/pytest_cuda.log"; tail -n 4 "$run/pytest_cuda.log"
+    if [ "$rc" -ne 0 ]; then
+      grep -E "^E |Error" "$run/pytest_cuda.log" | head -n 20
+      OUT=$run/diagnose bash scripts/gpu_diagnose.sh
+      pack; exit 1
+    fi
     setsid nohup bash scripts/gpu_facades_recipe.sh .gpu/facades "$run" "$2" > "$run/recipe.out" 2>&1 < /dev/null &
     watch $(( t_call + $3 ))
     pack ;;
