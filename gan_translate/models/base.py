@@ -206,6 +206,12 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         step decides something on the host adds its reason, naming the key (CycleGAN: its image pools)."""
         return None
 
+    def step_graph_state(self) -> tuple:
+        """The host state a captured training step depends on besides the batch's shapes: when it changes, the step
+        is captured anew. Which parameters require grad decides what autograd and Adam do (pix2pixHD's frozen G1);
+        a subclass whose step branches on other host state adds it."""
+        return tuple(parameter.requires_grad for parameter in self.parameters())
+
     def check_step_graph(self) -> None:
         """Refuse, before the first step and naming the keys, what a captured training step cannot do."""
         reasons = []

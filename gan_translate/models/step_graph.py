@@ -17,7 +17,9 @@ What the host did in the captured step is redone after each replay by this class
 count (``trainer.global_step``), the deferred non-finite guard's record, and the logged values (the captured
 step's values are the graph's outputs, logged on the batches that log). Python that is not torch work therefore
 runs once only, at capture: a step must not decide anything on the host from the batch (``.item()``, Python
-random numbers). ``GANModule.check_step_graph`` refuses the settings that do (``nonfinite_check=step``, a
+random numbers). What it decides from the model's host state (which parameters require grad: pix2pixHD freezes G1
+for its first epochs) is watched: when ``GANModule.step_graph_state()`` changes, the graphs are dropped and the step
+is warmed up and captured anew. ``GANModule.check_step_graph`` refuses the settings that do (``nonfinite_check=step``, a
 GradScaler, image pools, ...), naming the key.
 
 The optimizers run with ``capturable=True`` and the learning rate as a device tensor, so that the schedulers'
@@ -142,11 +144,19 @@ class TrainingStepGraph:
         self.max_graphs = max_graphs
         self.captured: dict[tuple, CapturedStep] = {}
         self.eager_batches: Counter = Counter()
-        self.replays = 0
+        self.replays = self.captures = 0
+        self.model_state: tuple | None = None  # module.step_graph_state() of the graphs in ``captured``
         self.on_cuda = module.device.type == "cuda"
         self.side_stream = torch.cuda.Stream(module.device) if self.on_cuda else None
 
     def __call__(self, batch, batch_idx: int) -> None:
+        state = self.module.step_graph_state()
+        if state != self.model_state:  # e.g. pix2pixHD's G1 unfrozen: the graphs hold the old step; capture anew
+            if self.captured:
+                log.info("model.step_graph: the model's host state changed; the training step is captured again")
+            self.captured.clear()
+            self.eager_batches.clear()
+            self.model_state = state
         key = _batch_key(batch)
         entry = self.captured.get(key)
         if entry is not None:
@@ -205,6 +215,7 @@ class TrainingStepGraph:
             graph.replay()  # the capture only recorded this batch's work
         self._after_step(record, steps_before=None)
         log.info("model.step_graph: captured the training step of batches shaped %s", _batch_key(batch))
+        self.captures += 1
         return CapturedStep(inputs, record, graph)
 
     def _replay(self, entry: CapturedStep, batch, batch_idx: int) -> None:
