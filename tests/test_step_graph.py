@@ -116,11 +116,37 @@ class ReadsOnHost(Pix2Pix):
             raise AssertionError("never")
 
 
-def test_a_step_reading_a_value_on_the_host_is_named(tmp_path):
+class NoiseOnHost(Pix2Pix):
+    """A step that draws noise on the host: on the GPU a capture would replay the first draw forever."""
+
+    def training_step(self, batch, batch_idx):
+        noise = torch.randn(batch["A"].shape) * 0.01  # no device=: the host's random numbers
+        super().training_step({**batch, "A": batch["A"] + noise.to(self.device)}, batch_idx)
+
+
+class ScalarConstant(Pix2Pix):
+    """A 0-dim constant made on the host is a kernel argument on the GPU: allowed."""
+
+    def training_step(self, batch, batch_idx):
+        super().training_step({**batch, "A": batch["A"] * torch.tensor(1.0)}, batch_idx)
+
+
+@pytest.mark.parametrize("model, where", [
+    ("ReadsOnHost", r"_local_scalar_dense.* at .*test_step_graph.py:\d+ \(if batch"),
+    ("NoiseOnHost", r"torch.randn without device= at .*test_step_graph.py:\d+ \(noise = torch.randn"),
+])
+def test_a_step_reading_a_value_or_making_a_tensor_on_the_host_is_named(tmp_path, model, where):
     cfg = compose_train([*TINY_OVERRIDES, "data.batch_size=1", *COMMON, "model.step_graph=true",
-                         "model._target_=test_step_graph.ReadsOnHost"], tmp_path)
-    with pytest.raises(HostReadError, match=r"ReadsOnHost.training_step reads .* at .*test_step_graph.py:\d+ \(if batch"):
+                         f"model._target_=test_step_graph.{model}"], tmp_path)
+    with pytest.raises(HostReadError, match=f"{model}.training_step .*{where}"):
         train(cfg)
+
+
+def test_a_host_scalar_constant_is_allowed(tmp_path):
+    cfg = compose_train([*TINY_OVERRIDES, "data.batch_size=1", *COMMON, "model.step_graph=true",
+                         "model._target_=test_step_graph.ScalarConstant"], tmp_path)
+    train(cfg)
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 48
 
 
 class PoisonFromBatch(pl.Callback):

@@ -27,8 +27,9 @@ per-epoch changes reach the captured update.
 
 Off CUDA (the tests) there is no graph: "capture" and "replay" run the step eagerly, and the host's work is then
 redone by the same code as on the GPU, so the bookkeeping is tested on the CPU. The CPU "capture" also refuses a
-step that reads a tensor's value on the host (``.item()``, ``bool(tensor)``, ``nonzero``), naming the line: on
-the GPU the capture would fail there.
+step that reads a tensor's value on the host (``.item()``, ``bool(tensor)``, ``nonzero``) or makes a tensor
+there (``torch.randn(shape)`` without ``device=``), naming the line: on the GPU the capture would fail there, or
+freeze the host's values into the graph.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def capturing_step() -> bool:
 
 
 class HostReadError(RuntimeError):
-    """A training step under model.step_graph reads a tensor's value on the host."""
+    """A training step under model.step_graph reads a tensor's value on the host, or makes a tensor there."""
 
 
 class FindHostReads(TorchDispatchMode):
@@ -115,6 +117,31 @@ class FindHostReads(TorchDispatchMode):
                   if "site-packages" not in f.filename and "/torch/" not in f.filename
                   and f.filename not in (__file__, contextlib.__file__)]
         return f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].line})" if frames else "?"
+
+
+# Factories that make a tensor on the host unless told a device. Inside a captured step on the GPU such a tensor is
+# either copied to the device at capture, its values frozen into the graph (a random draw repeated every replay),
+# or refused by the capture; a 0-dim constant (``torch.tensor(0.5)``) is a kernel argument and fine.
+HOST_FACTORIES = {torch.tensor, torch.as_tensor, torch.empty, torch.zeros, torch.ones, torch.full, torch.arange,
+                  torch.linspace, torch.eye, torch.rand, torch.randn, torch.randint, torch.randperm}
+HOST_RANDOM = {torch.rand, torch.randn, torch.randint, torch.randperm}
+
+
+class FindHostTensors(TorchFunctionMode):
+    """Notes every tensor made on the host by a factory in ``HOST_FACTORIES`` called without a device, and where."""
+
+    def __init__(self, found: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.found = found
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if (func in HOST_FACTORIES and kwargs.get("device") is None
+                and not any(isinstance(arg, torch.Tensor) for arg in args)  # as_tensor(t): t's device
+                and isinstance(result, torch.Tensor) and (result.dim() > 0 or func in HOST_RANDOM)):
+            self.found.append((f"torch.{func.__name__} without device=", FindHostReads._caller()))
+        return result
 
 
 @dataclass
@@ -194,9 +221,10 @@ class TrainingStepGraph:
             if host_reads is not None and host_reads.found:
                 places = "; ".join(f"{op} at {where}" for op, where in dict.fromkeys(host_reads.found))
                 raise HostReadError(
-                    f"model.step_graph: {type(module).__name__}.training_step reads a tensor's value on the host "
-                    f"({len(host_reads.found)} time(s): {places}); a CUDA graph capture fails there. Keep that "
-                    "decision on the device (torch.where), or train with model.step_graph=false."
+                    f"model.step_graph: {type(module).__name__}.training_step reads a tensor's value on the host or "
+                    f"makes a tensor there ({len(host_reads.found)} time(s): {places}); a CUDA graph capture fails "
+                    "there or freezes the value. Keep that work on the device (torch.where; device=self.device), or "
+                    "train with model.step_graph=false."
                 )
         except RuntimeError as error:
             if graph is None:
@@ -291,7 +319,7 @@ class TrainingStepGraph:
     @contextlib.contextmanager
     def _recording(self, graph: torch.cuda.CUDAGraph | None):
         if graph is None:  # off CUDA: the step runs eagerly, and what would break a capture is noted
-            with FindHostReads() as host_reads:
+            with FindHostReads() as host_reads, FindHostTensors(host_reads.found):
                 yield host_reads
             return
         # Autocast's cache of casted weights must not outlive the capture (their memory is the graph's);
