@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14 on a lent GPU machine (the workplace's device tool: $OUT comes back, at most 8 files of 16 MiB), in two
 # calls, the recipe running detached between them (a call is limited to 10 minutes, the recipe may take longer):
-#   start TRAIN_BUDGET_S WATCH_S  the CUDA tests of the step graph and the device cache (150 s at most); if they
+#   start TRAIN_BUDGET_S WATCH_S  the CUDA tests of the step graph (150 s at most); if they
 #                                 pass, scripts/gpu_facades_recipe.sh detached with TRAIN_BUDGET_S, watched until
 #                                 it is done or WATCH_S after the call began; if not, scripts/gpu_diagnose.sh
 #                                 instead (a recipe without the step graph would only repeat the 19.7 ms run); packs
@@ -36,8 +36,9 @@ case $1 in
     nvidia-smi -L
     python3 -c "import torch, pytorch_lightning, hydra; print(torch.__version__, pytorch_lightning.__version__, hydra.__version__)"
     rm -rf "$run" && mkdir -p "$run"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_step_graph.py tests/test_device_cache.py \
-      > "$run/pytest_cuda.log" 2>&1
+    # Only the step graph's capture gates the recipe: the device cache's CUDA test passed on the H200 (session 6)
+    # and runs in gpu_diagnose.sh; each test here costs device time.
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_step_graph.py > "$run/pytest_cuda.log" 2>&1
     rc=$?
     echo "pytest rc=$rc" >> "$run/pytest_cuda.log"; tail -n 4 "$run/pytest_cuda.log"
     if [ "$rc" -ne 0 ]; then

@@ -85,6 +85,17 @@ def _few_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _torch_flags_restored():
+    """trainer.deterministic=true switches torch's deterministic algorithms on for the whole process (Lightning
+    does not switch them back); each test starts from the process's own settings again."""
+    deterministic, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+
+
 def compose_train(overrides: list[str], output_dir: Path | None = None, config_name: str = "train") -> DictConfig:
     """Compose conf/train.yaml as `python -m gan_translate.train` would.
 
