@@ -27,7 +27,7 @@ from test_pix2pixhd import LOCAL, TINY_HD
 
 from gan_translate.models.base import NonFiniteLossError
 from gan_translate.models.pix2pix import Pix2Pix
-from gan_translate.models.step_graph import HostReadError
+from gan_translate.models.step_graph import FindHostReads, HostReadError
 from gan_translate.resume import nonfinite_entries
 from gan_translate.train import train
 
@@ -216,3 +216,33 @@ def test_cuda_capture_trains_like_the_eager_step(tmp_path, precision):
     for name, weight in eager["state_dict"].items():
         torch.testing.assert_close(graphed["state_dict"][name].float(), weight.float(), rtol=tolerance["rel"],
                                    atol=tolerance["abs"], msg=name)
+
+
+@pytest.mark.slow
+def test_step_graph_with_compiled_networks(tmp_path):
+    """model.compile=true (default mode: inductor kernels, no graphs of its own) inside the step graph trains like
+    the compiled networks without it, bit for bit: the stand-in's host-read check lets torch.compile run (with any
+    other dispatch mode active, compiled code steps aside and the networks would run eagerly)."""
+    overrides = [*MODELS["pix2pix"], "model.compile=true"]
+    stats = GraphStats()
+    eager = fit(tmp_path / "eager", overrides, False)
+    graphed = fit(tmp_path / "graph", overrides, True, callbacks=[stats])
+    assert stats.captured == 1 and stats.replays > 0
+    assert graphed["global_step"] == eager["global_step"] > 0
+    for name, weight in eager["state_dict"].items():
+        assert torch.equal(graphed["state_dict"][name], weight), name
+
+
+@pytest.mark.slow
+def test_a_host_read_in_compiled_code_is_still_found():
+    """A host read in a compiled function is a graph break that runs eagerly, where the check sees it."""
+    def step(x):
+        y = x.sin()
+        return y * 2 if y.sum() > 0 else y  # bool(tensor)
+
+    compiled = torch.compile(step)
+    compiled(torch.ones(3))
+    with FindHostReads() as reads:
+        compiled(torch.ones(3))
+    assert [op for op, _ in reads.found] == ["aten._local_scalar_dense.default"]
+    assert "test_step_graph.py" in reads.found[0][1]

@@ -203,7 +203,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
     # ----- model.step_graph: the whole training step as one CUDA graph (models/step_graph.py) -----
     def step_graph_unsupported(self) -> str | None:
         """Why this model's training step, as configured, cannot be captured (None: it can). A subclass whose
-        step decides something on the host adds its reason, naming the key (CycleGAN: its image pools)."""
+        step decides something on the host adds its reason, naming the key (pix2pixHD: its feature encoder)."""
         return None
 
     def step_graph_state(self) -> tuple:

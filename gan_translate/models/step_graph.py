@@ -20,7 +20,7 @@ runs once only, at capture: a step must not decide anything on the host from the
 random numbers). What it decides from the model's host state (which parameters require grad: pix2pixHD freezes G1
 for its first epochs) is watched: when ``GANModule.step_graph_state()`` changes, the graphs are dropped and the step
 is warmed up and captured anew. ``GANModule.check_step_graph`` refuses the settings that do (``nonfinite_check=step``, a
-GradScaler, image pools, ...), naming the key.
+GradScaler, pix2pixHD's feature encoder, ...), naming the key.
 
 The optimizers run with ``capturable=True`` and the learning rate as a device tensor, so that the schedulers'
 per-epoch changes reach the captured update.
@@ -105,6 +105,13 @@ class FindHostReads(TorchDispatchMode):
         super().__init__()
         self.found: list[tuple[str, str]] = []
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        # Otherwise torch.compile steps aside while any dispatch mode is active, and model.compile's networks
+        # would run eagerly in the stand-in (not what the GPU captures). A host read in a compiled network is a
+        # graph break, run eagerly, so still seen here.
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket.__name__ in HOST_READS:
             self.found.append((str(func), self._caller()))
@@ -175,6 +182,9 @@ class TrainingStepGraph:
         self.model_state: tuple | None = None  # module.step_graph_state() of the graphs in ``captured``
         self.on_cuda = module.device.type == "cuda"
         self.side_stream = torch.cuda.Stream(module.device) if self.on_cuda else None
+        if not self.on_cuda:
+            log.info("model.step_graph on %s: no CUDA graph; each step runs eagerly with the capture's checks and "
+                     "bookkeeping (what the tests use; a little slower than model.step_graph=false)", module.device)
 
     def __call__(self, batch, batch_idx: int) -> None:
         state = self.module.step_graph_state()
