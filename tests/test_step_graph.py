@@ -86,6 +86,31 @@ def test_step_graph_trains_like_the_eager_step(tmp_path, model):
         assert torch.equal(graphed["state_dict"][name], weight), name
 
 
+class AssignOptimizerSettings(pl.Callback):
+    """What a hand-written schedule may do: assign the learning rate as a number each epoch, and new Adam betas
+    from the third epoch. Numbers are baked into a CUDA graph at capture; the step graph must capture again."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = 2.0 ** -(12 + trainer.current_epoch)
+                if trainer.current_epoch == 2:
+                    group["betas"] = (0.25, 0.5)
+
+
+def test_optimizer_settings_assigned_between_epochs_are_captured_anew(tmp_path):
+    """Same weights as the normal step with the same assignments; one capture per epoch (the lr object changed
+    each time), each after its own warm-up."""
+    stats = GraphStats()
+    eager = fit(tmp_path / "eager", MODELS["pix2pix"], False, callbacks=[AssignOptimizerSettings()])
+    graphed = fit(tmp_path / "graph", MODELS["pix2pix"], True, callbacks=[AssignOptimizerSettings(), stats])
+    assert stats.captures == 3 and stats.replays > 0
+    assert graphed["global_step"] == eager["global_step"] > 0
+    assert tuple(graphed["optimizer_states"][0]["param_groups"][0]["betas"]) == (0.25, 0.5)
+    for name, weight in eager["state_dict"].items():
+        assert torch.equal(graphed["state_dict"][name], weight), name
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -208,9 +208,19 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
 
     def step_graph_state(self) -> tuple:
         """The host state a captured training step depends on besides the batch's shapes: when it changes, the step
-        is captured anew. Which parameters require grad decides what autograd and Adam do (pix2pixHD's frozen G1);
-        a subclass whose step branches on other host state adds it."""
-        return tuple(parameter.requires_grad for parameter in self.parameters())
+        is captured anew. Which parameters require grad decides what autograd and Adam do (pix2pixHD's frozen G1).
+        The optimizers' settings are numbers baked into the graph at capture, except the learning rate, a device
+        tensor the schedulers fill in place: a new value of any other (betas set by a scheduler), or a new lr
+        object (a scheduler that assigns floats), needs a new capture. A subclass whose step branches on other
+        host state adds it."""
+        if any(not isinstance(group["lr"], torch.Tensor) for group in self._param_groups()):
+            self._make_optimizers_capturable()  # lr assigned as a number: into a device tensor again
+        settings = tuple(tuple((key, id(value) if isinstance(value, torch.Tensor) else value)
+                               for key, value in group.items() if key != "params") for group in self._param_groups())
+        return tuple(parameter.requires_grad for parameter in self.parameters()), settings
+
+    def _param_groups(self) -> list[dict]:
+        return [group for optimizer in self.trainer.optimizers for group in optimizer.param_groups]
 
     def check_step_graph(self) -> None:
         """Refuse, before the first step and naming the keys, what a captured training step cannot do."""
