@@ -27,7 +27,7 @@ from test_pix2pixhd import LOCAL, TINY_HD
 
 from gan_translate.models.base import NonFiniteLossError
 from gan_translate.models.pix2pix import Pix2Pix
-from gan_translate.models.step_graph import FindHostReads, HostReadError
+from gan_translate.models.step_graph import FindHostReads, HostReadError, ReplayDivergenceError
 from gan_translate.resume import nonfinite_entries
 from gan_translate.train import train
 
@@ -165,6 +165,41 @@ def test_a_step_reading_a_value_or_making_a_tensor_on_the_host_is_named(tmp_path
                          f"model._target_=test_step_graph.{model}"], tmp_path)
     with pytest.raises(HostReadError, match=f"{model}.training_step .*{where}"):
         train(cfg)
+
+
+class WeightFromBatchIndex(Pix2Pix):
+    """A Python number that changes per batch: a graph would replay the captured batch's number."""
+
+    def training_step(self, batch, batch_idx):
+        super().training_step({**batch, "A": batch["A"] * (1.0 - 0.01 * batch_idx)}, batch_idx)
+
+
+class KeepsLastFake(Pix2Pix):
+    """A tensor assigned anew each batch and read by the next: a graph would read the captured one forever."""
+
+    last = None
+
+    def training_step(self, batch, batch_idx):
+        if self.last is not None:
+            batch = {**batch, "A": batch["A"] + 0.01 * self.last}
+        super().training_step(batch, batch_idx)
+        self.last = batch["A"].detach() * 0.5
+
+
+@pytest.mark.parametrize("model, where", [
+    ("WeightFromBatchIndex", r"op \d+ is \('aten.mul.Tensor', .*'0.9\d+'.* at .*test_step_graph.py:\d+ .*"
+                             r"where the capture ran \('aten.mul.Tensor', .*'0.97'"),
+    ("KeepsLastFake", r"tensor from before the step.* at .*test_step_graph.py:\d+ \(batch = "),
+])
+def test_a_step_that_changes_between_batches_is_named(tmp_path, model, where):
+    """The CPU stand-in compares each replay with the capture op by op, as a CUDA graph would replay it."""
+    cfg = compose_train([*TINY_OVERRIDES, "data.batch_size=1", *COMMON, "model.step_graph=true",
+                         f"model._target_=test_step_graph.{model}"], tmp_path / "graph")
+    with pytest.raises(ReplayDivergenceError, match=f"{model}.training_step did something else at batch 4 .*{where}"):
+        train(cfg)
+    cfg = compose_train([*TINY_OVERRIDES, "data.batch_size=1", *COMMON, f"model._target_=test_step_graph.{model}"],
+                        tmp_path / "eager")
+    train(cfg)  # a valid step without the graph
 
 
 def test_a_host_scalar_constant_is_allowed(tmp_path):

@@ -29,7 +29,10 @@ Off CUDA (the tests) there is no graph: "capture" and "replay" run the step eage
 redone by the same code as on the GPU, so the bookkeeping is tested on the CPU. The CPU "capture" also refuses a
 step that reads a tensor's value on the host (``.item()``, ``bool(tensor)``, ``nonzero``) or makes a tensor
 there (``torch.randn(shape)`` without ``device=``), naming the line: on the GPU the capture would fail there, or
-freeze the host's values into the graph.
+freeze the host's values into the graph. And each CPU "replay" is compared op by op with the capture, as a graph
+would hold it (the ops, their shapes, their numbers, the memory of the tensors from before the step): a step that
+would do something else on a later batch than the replayed graph does (a branch on ``batch_idx``, a Python number
+that changes, an attribute tensor assigned anew) is stopped at the first op that differs, with its line.
 """
 
 from __future__ import annotations
@@ -98,12 +101,76 @@ class HostReadError(RuntimeError):
     """A training step under model.step_graph reads a tensor's value on the host, or makes a tensor there."""
 
 
-class FindHostReads(TorchDispatchMode):
-    """Notes every op in ``HOST_READS`` run inside it, with the line of the model's code that caused it."""
+class ReplayDivergenceError(RuntimeError):
+    """A training step under model.step_graph did, on a later batch, something else than the captured step."""
 
-    def __init__(self) -> None:
+
+def _storage(tensor: torch.Tensor) -> int:
+    try:
+        return tensor.untyped_storage().data_ptr() if tensor.numel() else 0
+    except (RuntimeError, NotImplementedError):  # no storage (meta, sparse, ...)
+        return 0
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
+
+
+class FindHostReads(TorchDispatchMode):
+    """Notes every op in ``HOST_READS`` run inside it, with the line of the model's code that caused it.
+
+    It also writes down what a CUDA graph would hold of each op (``trace``): the op, its tensors' shapes and
+    dtypes, its other arguments (numbers are baked into a graph), and, for a tensor that existed before the step
+    (parameters, buffers, optimizer states, attributes), its memory (a graph reads that address at every replay).
+    Given the capture's trace (``expected``), a run notes where it first does something else (``divergence``):
+    what a replay on the GPU would not do.
+    """
+
+    def __init__(self, expected: list | None = None) -> None:
         super().__init__()
         self.found: list[tuple[str, str]] = []
+        self.trace: list[tuple] = []
+        self.expected = expected
+        self.divergence: str | None = None
+        self._made: set[int] = {0}  # storages allocated inside the step
+
+    def _describe(self, value):
+        if isinstance(value, torch.Tensor):
+            storage = _storage(value)
+            if storage not in self._made:
+                return ("tensor from before the step", tuple(value.shape), value.dtype, storage, value.storage_offset())
+            return ("tensor", tuple(value.shape), value.dtype)
+        if isinstance(value, (list, tuple)):
+            return tuple(self._describe(item) for item in value)
+        if isinstance(value, dict):
+            return tuple((key, self._describe(item)) for key, item in value.items())
+        if value is None or isinstance(value, (bool, int, float, complex, str, torch.dtype, torch.device,
+                                               torch.layout, torch.memory_format)):
+            return repr(value)  # numbers are baked into a graph (repr: nan equals nan)
+        return type(value).__name__  # an object (a profiler record, a generator): its identity is not the op's
+
+    def _note(self, func, args, kwargs) -> None:
+        if func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(...): a new constant
+            self._made.update(_storage(t) for t in _tensors(args))
+        entry = (str(func), self._describe(args), self._describe(kwargs))
+        index = len(self.trace)
+        self.trace.append(entry)
+        if self.expected is not None and self.divergence is None and (
+                index >= len(self.expected) or self.expected[index] != entry):
+            captured = self.expected[index] if index < len(self.expected) else "nothing (the capture ended there)"
+            self.divergence = (f"op {index + 1} is {entry} at {self._caller()}, where the capture ran {captured}")
+
+    def finish(self) -> None:
+        """After the run: a shorter run than the capture diverges too."""
+        if self.expected is not None and self.divergence is None and len(self.trace) < len(self.expected):
+            self.divergence = (f"the step ended after {len(self.trace)} ops, where the capture ran "
+                               f"{len(self.expected)} (op {len(self.trace) + 1}: {self.expected[len(self.trace)]})")
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -113,9 +180,14 @@ class FindHostReads(TorchDispatchMode):
         return True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func.overloadpacket.__name__ in HOST_READS:
             self.found.append((str(func), self._caller()))
-        return func(*args, **(kwargs or {}))
+        self._note(func, args, kwargs)
+        inputs = {_storage(t) for t in _tensors((args, kwargs))}
+        result = func(*args, **kwargs)
+        self._made.update(storage for t in _tensors(result) if (storage := _storage(t)) not in inputs)
+        return result
 
     @staticmethod
     def _caller() -> str:
@@ -166,6 +238,7 @@ class CapturedStep:
     inputs: object  # the static batch
     record: StepRecord
     graph: torch.cuda.CUDAGraph | None  # None off CUDA
+    trace: list | None = None  # off CUDA: what the graph would hold (FindHostReads.trace), for the replays
 
 
 class TrainingStepGraph:
@@ -254,7 +327,7 @@ class TrainingStepGraph:
         self._after_step(record, steps_before=None)
         log.info("model.step_graph: captured the training step of batches shaped %s", _batch_key(batch))
         self.captures += 1
-        return CapturedStep(inputs, record, graph)
+        return CapturedStep(inputs, record, graph, trace=None if host_reads is None else host_reads.trace)
 
     def _replay(self, entry: CapturedStep, batch, batch_idx: int) -> None:
         _copy_into(entry.inputs, batch)
@@ -275,10 +348,20 @@ class TrainingStepGraph:
         record = StepRecord()
         module._step_record = record
         try:
-            with self._capturing(None):
+            with self._capturing(None, expected=entry.trace) as replay:
                 self._run_step(entry.inputs, batch_idx)
+            replay.finish()
         finally:
             module._step_record = None
+        if replay.divergence:
+            raise ReplayDivergenceError(
+                f"model.step_graph: {type(module).__name__}.training_step did something else at batch {batch_idx} "
+                f"than when it was captured: {replay.divergence}. A CUDA graph replays the captured step as it "
+                "was, so the step must not decide on the host from what changes between batches (batch_idx, the "
+                "epoch, Python numbers, tensors assigned anew). Decide on the device (torch.where), update tensors "
+                "in place, add the state to step_graph_state() (a new capture when it changes), or train with "
+                "model.step_graph=false."
+            )
         progress.load_state_dict(saved)
         for (captured, _, _), (fresh, _, _) in zip(entry.record.logged, record.logged, strict=True):
             for name, value in captured.items():
@@ -317,19 +400,22 @@ class TrainingStepGraph:
         torch.cuda.current_stream(self.side_stream.device).wait_stream(self.side_stream)
 
     @contextlib.contextmanager
-    def _capturing(self, graph: torch.cuda.CUDAGraph | None):
+    def _capturing(self, graph: torch.cuda.CUDAGraph | None, expected: list | None = None):
         global _capturing
         _capturing = True
         try:
-            with self._recording(graph) as host_reads:
+            with self._recording(graph, expected) as host_reads:
                 yield host_reads
         finally:
             _capturing = False
 
     @contextlib.contextmanager
-    def _recording(self, graph: torch.cuda.CUDAGraph | None):
+    def _recording(self, graph: torch.cuda.CUDAGraph | None, expected: list | None = None):
         if graph is None:  # off CUDA: the step runs eagerly, and what would break a capture is noted
-            with FindHostReads() as host_reads, FindHostTensors(host_reads.found):
+            # Compiled networks run their ops partly outside the dispatcher, and not the same ones at every call
+            # (their first calls, recompilations): the replays are not compared then.
+            compiled = getattr(self.module, "compile_networks", False)
+            with FindHostReads(None if compiled else expected) as host_reads, FindHostTensors(host_reads.found):
                 yield host_reads
             return
         # Autocast's cache of casted weights must not outlive the capture (their memory is the graph's);
