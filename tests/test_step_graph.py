@@ -27,7 +27,12 @@ from test_pix2pixhd import LOCAL, TINY_HD
 
 from gan_translate.models.base import NonFiniteLossError
 from gan_translate.models.pix2pix import Pix2Pix
-from gan_translate.models.step_graph import FindHostReads, HostReadError, ReplayDivergenceError
+from gan_translate.models.step_graph import (
+    FindHostReads,
+    FindHostTensors,
+    HostReadError,
+    ReplayDivergenceError,
+)
 from gan_translate.resume import nonfinite_entries
 from gan_translate.train import train
 
@@ -200,6 +205,32 @@ def test_a_step_that_changes_between_batches_is_named(tmp_path, model, where):
     cfg = compose_train([*TINY_OVERRIDES, "data.batch_size=1", *COMMON, f"model._target_=test_step_graph.{model}"],
                         tmp_path / "eager")
     train(cfg)  # a valid step without the graph
+
+
+X, REPEATS = torch.randn(4, 3), torch.tensor([1, 2, 1, 1])
+HOST_READ_CASES = {  # what a CUDA capture cannot take (a synchronisation), and what it can
+    "bool(tensor)": (lambda: bool(X.sum() > 0), "aten._local_scalar_dense"),
+    "mask indexing": (lambda: X[X > 0], "aten.index.Tensor"),
+    "mask assignment": (lambda: X.clone().__setitem__(X > 0, 0.0), "aten.index_put_"),
+    "bincount": (lambda: torch.bincount(X.argmax(1)), "aten.bincount"),
+    "repeats from a tensor": (lambda: X.repeat_interleave(REPEATS, dim=0), "aten.repeat_interleave"),
+    "tolist": (lambda: X.tolist(), "Tensor.tolist"),
+    "cpu": (lambda: X.cpu(), "Tensor.cpu"),
+    "index with longs": (lambda: X[X.argmax(1)], None),
+    "where": (lambda: torch.where(X > 0, X, 0.0), None),
+    "repeats from a number": (lambda: X.repeat_interleave(2, dim=0), None),
+    "repeats with their total": (lambda: X.repeat_interleave(REPEATS, dim=0, output_size=5), None),
+}
+
+
+@pytest.mark.parametrize("case", list(HOST_READ_CASES))
+def test_host_reads_are_found(case):
+    run, expected = HOST_READ_CASES[case]
+    with FindHostReads() as reads, FindHostTensors(reads.found):
+        run()
+    ops = [op for op, _ in reads.found]
+    assert (ops[0].startswith(expected) and len(ops) == 1) if expected else not ops, ops
+    assert not expected or "test_step_graph.py" in reads.found[0][1]
 
 
 def test_a_host_scalar_constant_is_allowed(tmp_path):

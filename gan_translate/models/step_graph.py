@@ -85,7 +85,19 @@ def _copy_into(static, batch) -> None:
 
 # Ops whose result the host needs (a tensor's value, or an output size that depends on values): on the GPU each
 # one synchronises, which a CUDA graph capture does not allow.
-HOST_READS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "equal", "is_nonzero")
+HOST_READS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim",
+              "unique_consecutive", "equal", "is_nonzero", "bincount", "repeat_interleave")
+# Indexing with a boolean mask: the result's size is the mask's count (a host read on CUDA, inside the op on the CPU).
+MASK_INDEXING = ("index", "index_put", "index_put_", "_index_put_impl_")
+
+
+def _reads_on_host(func, args, kwargs) -> bool:
+    name = func.overloadpacket.__name__
+    if name == "repeat_interleave":  # a tensor of repeats (a number is decomposed before here), no output_size
+        return kwargs.get("output_size") is None
+    if name in MASK_INDEXING:
+        return any(index is not None and index.dtype in (torch.bool, torch.uint8) for index in args[1])
+    return name in HOST_READS
 
 
 _capturing = False
@@ -181,7 +193,7 @@ class FindHostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.overloadpacket.__name__ in HOST_READS:
+        if _reads_on_host(func, args, kwargs):
             self.found.append((str(func), self._caller()))
         self._note(func, args, kwargs)
         inputs = {_storage(t) for t in _tensors((args, kwargs))}
@@ -204,10 +216,13 @@ class FindHostReads(TorchDispatchMode):
 HOST_FACTORIES = {torch.tensor, torch.as_tensor, torch.empty, torch.zeros, torch.ones, torch.full, torch.arange,
                   torch.linspace, torch.eye, torch.rand, torch.randn, torch.randint, torch.randperm}
 HOST_RANDOM = {torch.rand, torch.randn, torch.randint, torch.randperm}
+# Copies of a tensor's values to the host: on CUDA a synchronisation, which a capture does not allow.
+HOST_COPIES = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
 
 
 class FindHostTensors(TorchFunctionMode):
-    """Notes every tensor made on the host by a factory in ``HOST_FACTORIES`` called without a device, and where."""
+    """Notes every tensor made on the host by a factory in ``HOST_FACTORIES`` called without a device, and every
+    copy to the host (``HOST_COPIES``), and where."""
 
     def __init__(self, found: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -215,6 +230,8 @@ class FindHostTensors(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in HOST_COPIES:  # on the CPU these do not reach the dispatcher
+            self.found.append((f"Tensor.{func.__name__}", FindHostReads._caller()))
         result = func(*args, **kwargs)
         if (func in HOST_FACTORIES and kwargs.get("device") is None
                 and not any(isinstance(arg, torch.Tensor) for arg in args)  # as_tensor(t): t's device
