@@ -10,7 +10,8 @@
 #   start TRAIN_BUDGET_S WATCH_S [OVERRIDES...]
 #                                 carry [.whl, .gpu/h2z_b]: copies trainB and testB, starts the training detached
 #                                 (trainer.max_time=TRAIN_BUDGET_S, last.ckpt at every epoch end and every 2
-#                                 minutes), watches it until WATCH_S after the call began; packs the logs
+#                                 minutes; retried without the step graph if it fails before its first
+#                                 checkpoint), watches it until WATCH_S after the call began; packs the logs
 #   finish WAIT_S                 waits for the training (WAIT_S at most), translates testA -> fake_B and
 #                                 testB -> fake_A with last.ckpt and packs them (outputs.tar.part_*)
 # Score here: cat outputs.tar.part_* | tar x -C RUN, then
@@ -41,16 +42,29 @@ case $1 in
     cp -r .gpu/h2z_a/trainA .gpu/h2z_a/testA "$data/" && du -sh "$data"/* ;;
   start)
     cp -r .gpu/h2z_b/trainB .gpu/h2z_b/testB "$data/" && du -sh "$data"/*
-    limit=$(printf '00:%02d:%02d:%02d' $(($2 / 3600)) $(($2 % 3600 / 60)) $(($2 % 60)))
-    watch_s=$3; shift 3
-    setsid nohup bash -c "python3 -m gan_translate.train experiment=horse2zebra_cyclegan data.root=$data \
-      trainer=gpu_fast paths.output_dir=$run +trainer.max_time=$limit data.num_workers=8 \
-      +callbacks.last_checkpoint.every_n_epochs=1 callbacks.interval_checkpoint.every_n_minutes=2 \
-      callbacks.periodic_checkpoint=null $* > $run/train.log 2>&1; echo \"train rc=\$? end=\$(date +%s)\" >> $run/status.txt" \
-      < /dev/null > /dev/null 2>&1 &
-    echo "train start=$(date +%s) overrides=$*" >> "$run/status.txt"
+    budget=$2; watch_s=$3; shift 3
+    setsid nohup bash "$0" train "$budget" "$@" < /dev/null > /dev/null 2>&1 &
     watch $(( t_call + watch_s ))
     pack ;;
+  train)  # train BUDGET_S [OVERRIDES...], detached by start: trainer=gpu_fast, and once more without the step graph
+          # if that run fails before its first checkpoint (a capture that fails on this machine)
+    t_start=$(date +%s); budget=$2; shift 2
+    attempt() {  # attempt NAME OVERRIDES...
+      local name=$1; shift
+      local left=$(( budget - ($(date +%s) - t_start) ))
+      [ "$left" -ge 60 ] || { echo "train rc=1 end=$(date +%s) ($name skipped: ${left}s left)" >> "$run/status.txt"; return 1; }
+      local limit; limit=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
+      echo "$name start=$(date +%s) overrides=$*" >> "$run/status.txt"
+      python3 -m gan_translate.train experiment=horse2zebra_cyclegan "data.root=$data" trainer=gpu_fast \
+        "paths.output_dir=$run" "+trainer.max_time=$limit" data.num_workers=8 \
+        +callbacks.last_checkpoint.every_n_epochs=1 callbacks.interval_checkpoint.every_n_minutes=2 \
+        callbacks.periodic_checkpoint=null "$@" > "$run/train_$name.log" 2>&1
+      local rc=$?
+      echo "$name rc=$rc end=$(date +%s)" >> "$run/status.txt"
+      return $rc
+    }
+    attempt gpu_fast "$@" || { [ -f "$run/checkpoints/last.ckpt" ] || attempt no_step_graph model.step_graph=false "$@"; }
+    echo "train rc=$? end=$(date +%s)" >> "$run/status.txt" ;;
   finish)
     watch $(( t_call + $2 ))
     for pair in "testA fake_B AtoB" "testB fake_A BtoA"; do
