@@ -18,7 +18,9 @@ from conftest import (
     write_aligned,
     write_unaligned,
 )
+from hydra.utils import instantiate
 from PIL import Image
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from gan_translate.data import (
     AlignedDataModule,
@@ -28,6 +30,7 @@ from gan_translate.data import (
     UnalignedDataModule,
 )
 from gan_translate.data.device_cache import KEY
+from gan_translate.resume import AtomicCheckpointIO, nonfinite_entries
 from gan_translate.train import train
 
 # Random crops (40 -> 32) and flips on, as in the papers' recipes (286 -> 256).
@@ -164,6 +167,12 @@ def test_gpu_fast_switches(tmp_path):
     assert cfg.trainer.max_epochs == 200 and cfg.data.direction == "BtoA"  # the experiment still applies
     cfg = compose_train([*TINY_OVERRIDES, "trainer=gpu_fast", "trainer.accelerator=cpu", "data.batch_size=1",
                          "trainer.log_every_n_steps=2"], tmp_path)  # 8 batches: 3 eager, the capture, 4 replays
+    trainer = instantiate(cfg.trainer)  # the checkpoints: written by a thread, atomically
+    assert isinstance(trainer.strategy.checkpoint_io, AsyncCheckpointIO)
+    assert isinstance(trainer.strategy.checkpoint_io.checkpoint_io, AtomicCheckpointIO)
     train(cfg)
     rows = read_metrics(tmp_path)
     assert all(math.isfinite(v) for v in logged(rows, "train/loss_G_L1")) and len(logged(rows, "train/loss_G_L1")) == 4
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]  # no .tmp left
+    last = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
+    assert last["global_step"] == 16 and last["optimizer_states"] and not nonfinite_entries(last["state_dict"])
