@@ -55,7 +55,7 @@ case $1 in
       extra=(trainer.precision=32-true)
       echo "the bf16 capture test failed: the recipe runs in fp32" | tee -a "$run/pytest_cuda.log"
     fi
-    setsid nohup bash scripts/gpu_facades_recipe.sh .gpu/facades "$run" "$2" "${extra[@]}" > "$run/recipe.out" 2>&1 \
+    setsid nohup bash scripts/gpu_facades_recipe.sh .gpu/facades "$run" "$2" ${extra[@]+"${extra[@]}"} > "$run/recipe.out" 2>&1 \
       < /dev/null &
     watch $(( t_call + $3 ))
     pack ;;
