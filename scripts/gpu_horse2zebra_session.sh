@@ -52,7 +52,7 @@ case $1 in
     attempt() {  # attempt NAME OVERRIDES...
       local name=$1; shift
       local left=$(( budget - ($(date +%s) - t_start) ))
-      [ "$left" -ge 60 ] || { echo "train rc=1 end=$(date +%s) ($name skipped: ${left}s left)" >> "$run/status.txt"; return 1; }
+      [ "$left" -ge 60 ] || { echo "$name skipped: ${left}s left" >> "$run/status.txt"; return 1; }
       local limit; limit=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
       echo "$name start=$(date +%s) overrides=$*" >> "$run/status.txt"
       python3 -m gan_translate.train experiment=horse2zebra_cyclegan "data.root=$data" trainer=gpu_fast \
