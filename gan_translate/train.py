@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint
-from gan_translate.config import CONF_DIR
+from gan_translate.config import CONF_DIR, check_value_types
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics.translation import selection_metric
 from gan_translate.models.base import CHECKPOINT_KEY, GANModule
@@ -80,6 +80,7 @@ def choose_monitor(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> float | None:
     """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
+    check_value_types(cfg)  # model.step_graph=flase would otherwise be a true string
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     metric = choose_monitor(cfg)

@@ -19,19 +19,14 @@ t_start=$(date +%s)
 schedule=(trainer.check_val_every_n_epoch=20 callbacks.samples.every_n_epochs=20 callbacks.figures.every_n_epochs=20
           +callbacks.last_checkpoint.every_n_epochs=10 callbacks.interval_checkpoint.every_n_minutes=2
           callbacks.periodic_checkpoint=null data.num_workers=8)
-attempt() {  # attempt NAME OVERRIDES...
+. scripts/gpu_attempt.sh
+train() {  # train NAME OVERRIDES...
   local name=$1; shift
-  local left=$(( budget - ($(date +%s) - t_start) ))
-  if [ "$left" -lt 60 ]; then echo "$name skipped: ${left}s left" >> "$status"; return 1; fi
-  local t0; t0=$(date +%s.%N)
-  local limit; limit=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
-  "${PYTHON:-python3}" scripts/quality_facades.py --setting paper --data "$data" --out "$run" --stage train -- \
-    trainer=gpu_fast "${schedule[@]}" "+trainer.max_time=$limit" "$@" > "$run/train_$name.log" 2>&1
-  local rc=$?
-  echo "$name start=$t0 end=$(date +%s.%N) rc=$rc overrides=$*" >> "$status"
-  return $rc
+  attempt "$name" "$status" $(( t_start + budget )) "$run/train_$name.log" \
+    "${PYTHON:-python3}" scripts/quality_facades.py --setting paper --data "$data" --out "$run" --stage train -- \
+    trainer=gpu_fast "${schedule[@]}" "$@"
 }
-attempt gpu_fast "$@" || { rm -rf "$run/checkpoints"; attempt no_step_graph model.step_graph=false "$@"; }
+train gpu_fast "$@" || { rm -rf "$run/checkpoints"; train no_step_graph model.step_graph=false "$@"; }
 t0=$(date +%s.%N)
 "${PYTHON:-python3}" scripts/quality_facades.py --setting paper --data "$data" --out "$run" --stage translate > "$run/translate.log" 2>&1
 rc=$?

@@ -49,21 +49,15 @@ case $1 in
   train)  # train BUDGET_S [OVERRIDES...], detached by start: trainer=gpu_fast, and once more without the step graph
           # if that run fails before its first checkpoint (a capture that fails on this machine)
     t_start=$(date +%s); budget=$2; shift 2
-    attempt() {  # attempt NAME OVERRIDES...
+    . "$(dirname "$0")/gpu_attempt.sh"
+    train() {  # train NAME OVERRIDES...
       local name=$1; shift
-      local left=$(( budget - ($(date +%s) - t_start) ))
-      [ "$left" -ge 60 ] || { echo "$name skipped: ${left}s left" >> "$run/status.txt"; return 1; }
-      local limit; limit=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
-      echo "$name start=$(date +%s) overrides=$*" >> "$run/status.txt"
-      python3 -m gan_translate.train experiment=horse2zebra_cyclegan "data.root=$data" trainer=gpu_fast \
-        "paths.output_dir=$run" "+trainer.max_time=$limit" data.num_workers=8 \
-        +callbacks.last_checkpoint.every_n_epochs=1 callbacks.interval_checkpoint.every_n_minutes=2 \
-        callbacks.periodic_checkpoint=null "$@" > "$run/train_$name.log" 2>&1
-      local rc=$?
-      echo "$name rc=$rc end=$(date +%s)" >> "$run/status.txt"
-      return $rc
+      attempt "$name" "$run/status.txt" $(( t_start + budget )) "$run/train_$name.log" \
+        python3 -m gan_translate.train experiment=horse2zebra_cyclegan "data.root=$data" trainer=gpu_fast \
+        "paths.output_dir=$run" data.num_workers=8 +callbacks.last_checkpoint.every_n_epochs=1 \
+        callbacks.interval_checkpoint.every_n_minutes=2 callbacks.periodic_checkpoint=null "$@"
     }
-    attempt gpu_fast "$@" || { [ -f "$run/checkpoints/last.ckpt" ] || attempt no_step_graph model.step_graph=false "$@"; }
+    train gpu_fast "$@" || { [ -f "$run/checkpoints/last.ckpt" ] || train no_step_graph model.step_graph=false "$@"; }
     echo "train rc=$? end=$(date +%s)" >> "$run/status.txt" ;;
   finish)
     watch $(( t_call + $2 ))

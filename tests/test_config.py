@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
 
 from gan_translate.checkpoint import build_model
+from gan_translate.config import check_value_types
 from gan_translate.data import AlignedDataModule, UnalignedDataModule
 from gan_translate.models import CycleGAN, GANModule, Pix2Pix
 from gan_translate.networks import NLayerDiscriminator, ResnetGenerator, UnetGenerator
@@ -102,6 +103,7 @@ def test_every_option_composes(group, option, tmp_path):
     if group == "data" and option == "paired_folders":
         write_unaligned(tmp_path / "root", 1, 1)  # trainA/trainB with matching names are made below
     cfg = compose_train(overrides, tmp_path / "run")
+    check_value_types(cfg)  # no shipped value is of a type its parameter does not take
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
     # Every model-facing option must still build a model.
@@ -191,6 +193,24 @@ def test_cli_config_errors_name_the_key(override, named, tmp_path):
     assert named in result.stderr
     assert "Traceback" not in result.stderr  # a config error, not a crash
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_values_of_the_wrong_type_fail_before_training_naming_the_keys(tmp_path):
+    # "flase" is a non-empty string: without the check the model would take it as true and capture a CUDA graph.
+    result = run_module("gan_translate.train", "model.step_graph=flase", "data.batch_size=two", "loss.lambda_l1=1e2x",
+                        "trainer.max_epochs=1.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                        check=False)
+    assert result.returncode != 0
+    for message in ("model.step_graph must be true or false, got 'flase'", "data.batch_size must be an integer",
+                    "loss.lambda_l1 must be a number, got '1e2x'", "trainer.max_epochs must be an integer or null"):
+        assert message in result.stderr
+    assert "model.loss.lambda_l1" not in result.stderr  # the interpolated copy of loss is not reported twice
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    cfg = compose_train(["model.nonfinite=3", "trainer.log_every_n_steps=true"], tmp_path / "run2")
+    with pytest.raises(ValueError, match=r"model.nonfinite must be a string, got 3 \(quote it: model.nonfinite='3'\);"
+                                         r" trainer.log_every_n_steps must be an integer or null, got True"):
+        check_value_types(cfg)
 
 
 def sweep(tmp_path: Path, *overrides: str) -> Path:
