@@ -39,14 +39,15 @@ case $1 in
     rm -rf "$run" && mkdir -p "$run"
     # Only the step graph's capture gates the recipe: the device cache's CUDA test passed on the H200 (session 6)
     # and runs in gpu_diagnose.sh; each test here costs device time.
-    timeout 150 python3 -m pytest -q -rA -p no:cacheprovider -k cuda tests/test_step_graph.py \
+    # -v: each test's result is printed when it ends, so a timeout during the bf16 test keeps the fp32 result.
+    timeout 150 python3 -m pytest -v -rA -p no:cacheprovider -k cuda tests/test_step_graph.py \
       > "$run/pytest_cuda.log" 2>&1
     rc=$?
     echo "pytest rc=$rc" >> "$run/pytest_cuda.log"; tail -n 4 "$run/pytest_cuda.log"
     # The capture works if its fp32 test passed. If only the bf16 one failed (its tolerance, or autocast in the
     # capture), the recipe still runs, in fp32; if the fp32 one failed, the diagnosis runs instead.
     extra=()
-    if ! grep -q "^PASSED.*capture.*\[32-true\]" "$run/pytest_cuda.log"; then
+    if ! grep -q "capture.*\[32-true\] PASSED" "$run/pytest_cuda.log"; then
       grep -E "^E |Error" "$run/pytest_cuda.log" | head -n 20
       OUT=$run/diagnose bash scripts/gpu_diagnose.sh
       pack; exit 1

@@ -32,6 +32,8 @@ from gan_translate.models.step_graph import (
     FindHostTensors,
     HostReadError,
     ReplayDivergenceError,
+    autocast_without_cache,
+    first_error,
 )
 from gan_translate.resume import nonfinite_entries
 from gan_translate.train import train
@@ -137,6 +139,27 @@ def test_step_graph_refuses_what_a_capture_cannot_do(tmp_path, overrides, messag
         train(cfg)
 
 
+class LogsGradientNorm(pl.Callback):
+    """Host code in a hook Lightning calls inside optimizer.step(): a replay would not run it."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        pl_module.log("grad_norm", torch.stack([p.grad.norm() for p in pl_module.parameters() if p.grad is not None]).sum())
+
+
+class ChecksGradients(Pix2Pix):
+    def on_after_backward(self) -> None:
+        pass
+
+
+def test_step_graph_refuses_host_hooks_of_the_step(tmp_path):
+    """Callbacks' and the model's backward/optimizer-step hooks would run at the capture only: refused, naming them."""
+    cfg = compose_train([*TINY_OVERRIDES, "model.step_graph=true", "model.nonfinite_check=deferred",
+                         "model._target_=test_step_graph.ChecksGradients"], tmp_path)
+    with pytest.raises(ValueError, match="on_after_backward of ChecksGradients would run at the capture only.*"
+                                         "on_before_optimizer_step of LogsGradientNorm"):
+        train(cfg, extra_callbacks=[LogsGradientNorm()])
+
+
 class ReadsOnHost(Pix2Pix):
     """A step that decides on the host from a tensor's value (what a CUDA graph cannot replay)."""
 
@@ -179,6 +202,14 @@ class WeightFromBatchIndex(Pix2Pix):
         super().training_step({**batch, "A": batch["A"] * (1.0 - 0.01 * batch_idx)}, batch_idx)
 
 
+class ConstantFromBatchIndex(Pix2Pix):
+    """torch.tensor of a per-batch number: a graph keeps the captured value (a 0-dim CPU tensor is a kernel
+    argument on the GPU)."""
+
+    def training_step(self, batch, batch_idx):
+        super().training_step({**batch, "A": batch["A"] * torch.tensor(1.0 - 0.01 * batch_idx)}, batch_idx)
+
+
 class KeepsLastFake(Pix2Pix):
     """A tensor assigned anew each batch and read by the next: a graph would read the captured one forever."""
 
@@ -195,6 +226,8 @@ class KeepsLastFake(Pix2Pix):
     ("WeightFromBatchIndex", r"op \d+ is \('aten.mul.Tensor', .*'0.9\d+'.* at .*test_step_graph.py:\d+ .*"
                              r"where the capture ran \('aten.mul.Tensor', .*'0.97'"),
     ("KeepsLastFake", r"tensor from before the step.* at .*test_step_graph.py:\d+ \(batch = "),
+    ("ConstantFromBatchIndex", r"op \d+ is \('aten.lift_fresh.default', .*'0.959\d*'\) at .*test_step_graph.py:\d+ .*"
+                               r"where the capture ran \('aten.lift_fresh.default', .*'0.970\d*'\)"),
 ])
 def test_a_step_that_changes_between_batches_is_named(tmp_path, model, where):
     """The CPU stand-in compares each replay with the capture op by op, as a CUDA graph would replay it."""
@@ -268,6 +301,49 @@ def test_nonfinite_guard_inside_the_graph(tmp_path):
         fit(tmp_path / "raise", tiny, True, callbacks=[PoisonFromBatch(8)])
     last = torch.load(tmp_path / "raise" / "checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 12 and not nonfinite_entries(last["state_dict"])  # epoch 0's, before the NaN
+
+
+class KeepsOptimizers(pl.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.optimizers = list(trainer.optimizers)
+
+
+def test_the_guard_flag_does_not_outlive_the_fit(tmp_path):
+    """The deferred guard's found_inf (under the step graph: memory of the graph) is gone from the optimizers after
+    fit, so a later step() elsewhere cannot read it."""
+    kept = KeepsOptimizers()
+    fit(tmp_path, MODELS["pix2pix"], True, "trainer.max_epochs=1", callbacks=[kept])
+    assert kept.optimizers and not any(hasattr(o, "found_inf") for o in kept.optimizers)
+
+
+def test_a_failed_capture_names_the_error_it_started_from():
+    def step():
+        raise ValueError("the step's own error")
+
+    try:
+        try:
+            step()
+        finally:  # what torch.cuda.graph's exit does: the capture fails too
+            raise RuntimeError("operation failed due to a previous error during capture")
+    except RuntimeError as error:
+        message = first_error(error)
+    assert message.startswith("ValueError: the step's own error at ") and "test_step_graph.py" in message
+    assert message.endswith("then: operation failed due to a previous error during capture")
+    assert first_error(RuntimeError("alone")) == "RuntimeError: alone"  # never raised: no line to name
+
+
+def test_the_capture_leaves_autocast_settings_alone_unless_its_cache_is_on():
+    """torch.compile guards on the autocast cache switch: flipping it only for the capture would recompile there."""
+    with autocast_without_cache("cpu"):  # no autocast (32-true)
+        assert torch.is_autocast_cache_enabled()
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # Lightning's bf16-mixed
+        with autocast_without_cache("cpu"):
+            assert not torch.is_autocast_cache_enabled() and torch.is_autocast_enabled("cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # an autocast with its cache on
+        with autocast_without_cache("cpu"):
+            assert not torch.is_autocast_cache_enabled()
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_cache_enabled()
 
 
 def test_resume_of_a_step_graph_run(tmp_path):

@@ -27,13 +27,14 @@ from contextlib import contextmanager
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 import gan_translate
 from gan_translate.models.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
 from gan_translate.models.norm_modes import EvalNormMode
-from gan_translate.models.step_graph import StepRecord, TrainingStepGraph
+from gan_translate.models.step_graph import SameObject, StepRecord, TrainingStepGraph
 
 CHECKPOINT_KEY = "gan_translate"
 # torch.compile modes; the first two replay CUDA graphs (on CUDA devices only: elsewhere they compile as default).
@@ -216,10 +217,14 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         host state adds it."""
         if any(not isinstance(group["lr"], torch.Tensor) for group in self._param_groups()):
             self._make_optimizers_capturable()  # lr assigned as a number: into a device tensor again
-        settings = tuple(tuple((key, id(value) if isinstance(value, torch.Tensor) else value)
+        settings = tuple(tuple((key, SameObject(value) if isinstance(value, torch.Tensor) else value)
                                for key, value in group.items() if key != "params") for group in self._param_groups())
         parameters = self._step_graph_parameters if self._step_graph_parameters is not None else self.parameters()
         return tuple(parameter.requires_grad for parameter in parameters), settings
+
+    # Hooks Lightning calls from manual_backward and optimizer.step(): host code that a replay of the captured step
+    # does not run (only the capture does). GANModule's own on_before_optimizer_step only clips, refused below.
+    HOST_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
     def _param_groups(self) -> list[dict]:
         return [group for optimizer in self.trainer.optimizers for group in optimizer.param_groups]
@@ -242,6 +247,11 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         for name, optimizer in zip(self.optimizer_groups(), self.trainer.optimizers, strict=False):
             if "capturable" not in optimizer.defaults:
                 reasons.append(f"the {name} optimizer ({type(optimizer).__name__}) has no capturable mode: use optim=adam")
+        for hook in self.HOST_STEP_HOOKS:
+            owners = [type(self).__name__] if is_overridden(hook, self, parent=GANModule) else []
+            owners += [type(c).__name__ for c in self.trainer.callbacks if is_overridden(hook, c, parent=pl.Callback)]
+            if owners:
+                reasons.append(f"{hook} of {', '.join(owners)} would run at the capture only, not at the replays")
         reasons += [reason] if (reason := self.step_graph_unsupported()) else []
         if reasons:
             raise ValueError("model.step_graph=true: " + "; ".join(reasons))
@@ -270,6 +280,12 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         self._step_graph = None
         self._step_graph_parameters = None
         self.guard_buffers_in_step = False
+        # The deferred guard's flag on each optimizer (under model.step_graph: memory of the graph, freed with it):
+        # a later step() outside this fit must not read it.
+        for optimizer in getattr(self._trainer, "optimizers", None) or []:
+            inner = getattr(optimizer, "optimizer", optimizer)
+            if hasattr(inner, "found_inf"):
+                del inner.found_inf
 
     def _make_optimizers_capturable(self) -> None:
         """A captured update reads its learning rate from device memory (the schedulers fill the tensor in place)

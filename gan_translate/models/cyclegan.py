@@ -78,6 +78,15 @@ class CycleGAN(GANModule):
         self.fake_B_pool = ImagePool(pool_size)
         self.fake_A_pool = ImagePool(pool_size)
 
+    def step_graph_unsupported(self) -> str | None:
+        if (self.fake_A_pool.size and torch.are_deterministic_algorithms_enabled()
+                and self.trainer.strategy.root_device.type == "cuda"):
+            # Deterministic index_copy_ on CUDA is index_put_ with sorted indices, which checks their range on
+            # the host: a synchronisation a capture does not allow (the CPU kernel, which the tests run, does not).
+            return ("trainer.deterministic=true: the image pools' deterministic write on CUDA checks its index on the "
+                    "host; set trainer.deterministic=false, or model.pool_size=0")
+        return None
+
     def optimizer_groups(self):
         return {
             "generator": itertools.chain(self.generator_A.parameters(), self.generator_B.parameters()),

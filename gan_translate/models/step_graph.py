@@ -99,6 +99,46 @@ def capturing_step() -> bool:
     return _capturing
 
 
+def autocast_without_cache(device: str) -> contextlib.AbstractContextManager:
+    """For the capture: autocast's cache of cast weights must not outlive it (their memory is the graph's).
+    Lightning's bf16/16-mixed autocast has the cache off already; only an autocast with the cache on is re-entered
+    without it. The global switch is left alone otherwise: torch.compile guards on it, and flipping it for the
+    capture alone would recompile every compiled network inside the capture (seen with 32-true)."""
+    if not (torch.is_autocast_enabled(device) and torch.is_autocast_cache_enabled()):
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=False)
+
+
+def first_error(error: BaseException) -> str:
+    """The error a failed capture started from, with the line of our or the user's code it came from. The step's
+    own error is raised inside ``torch.cuda.graph``, whose exit then fails too ("capture invalidated"): Python
+    keeps the first one only as the second one's context."""
+    chain = [error]
+    while chain[-1].__context__ is not None and chain[-1].__context__ not in chain:
+        chain.append(chain[-1].__context__)
+    first = chain[-1]
+    frames = [f for f in traceback.extract_tb(first.__traceback__) if "/torch/" not in f.filename]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    later = f"; then: {error}" if first is not error else ""
+    return f"{type(first).__name__}: {first}{where}{later}"
+
+
+class SameObject:
+    """Equal to another only for the same object, which it keeps alive: a bare id() of a freed tensor can be reused
+    by a new one, and ``==`` on tensors would read their values (on the GPU, a synchronisation)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SameObject) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
 class HostReadError(RuntimeError):
     """A training step under model.step_graph reads a tensor's value on the host, or makes a tensor there."""
 
@@ -164,6 +204,10 @@ class FindHostReads(TorchDispatchMode):
         if func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(...): a new constant
             self._made.update(_storage(t) for t in _tensors(args))
         entry = (str(func), self._describe(args), self._describe(kwargs))
+        if func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy"):
+            # torch.tensor(x) in the step: a graph keeps the value of its capture (a small CPU tensor is even
+            # passed to kernels as a number), so a value that changes per batch diverges here.
+            entry += tuple(repr(t.tolist()) for t in _tensors(args) if t.numel() <= 64)
         index = len(self.trace)
         self.trace.append(entry)
         if self.expected is not None and self.divergence is None and (
@@ -325,8 +369,8 @@ class TrainingStepGraph:
                 raise
             raise RuntimeError(
                 f"model.step_graph: {type(module).__name__}.training_step could not be captured as a CUDA graph "
-                f"({error}). Train with model.step_graph=false, or find what in the step reads a device value on "
-                "the host or draws host random numbers."
+                f"({first_error(error)}). Train with model.step_graph=false, or find what in the step reads a device "
+                "value on the host or draws host random numbers."
             ) from error
         finally:
             module._step_record = None
@@ -429,11 +473,7 @@ class TrainingStepGraph:
             with FindHostReads(None if compiled else expected) as host_reads, FindHostTensors(host_reads.found):
                 yield host_reads
             return
-        # Autocast's cache of casted weights must not outlive the capture (their memory is the graph's);
         # thread_local: the DataLoader's pinning thread may use CUDA meanwhile.
-        device = self.module.device.type
-        autocast = torch.autocast(
-            device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device), cache_enabled=False
-        )
-        with torch.cuda.graph(graph, stream=self.side_stream, capture_error_mode="thread_local"), autocast:
+        with torch.cuda.graph(graph, stream=self.side_stream, capture_error_mode="thread_local"), \
+                autocast_without_cache(self.module.device.type):
             yield None
