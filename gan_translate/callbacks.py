@@ -115,11 +115,20 @@ class ValidationHistory(pl.Callback):
             return sorted(self.carried)
         return sorted({key for epoch in self.epochs for key in epoch if key != "epoch"})
 
-    def summary(self, metric: str) -> str | None:
+    # Validation metrics where higher is better (PSNR, SSIM, the generative models' accuracies); the others (FID,
+    # KID, LPIPS, L1, losses) are errors or distances.
+    HIGHER_IS_BETTER = ("psnr", "ssim", "accuracy")
+
+    def summary(self, metric: str, mode: str | None = None) -> str | None:
+        """First, best and last value; ``mode`` ("min"/"max", e.g. monitor.mode) says which is best, else the
+        metric's name does."""
         values = self.values(metric)
         if not values:
             return None
-        return f"{metric}: first validation {values[0]:.4f}, best {min(values):.4f}, last {values[-1]:.4f}"
+        if mode is None:
+            mode = "max" if metric.endswith(self.HIGHER_IS_BETTER) else "min"
+        best = max(values) if mode == "max" else min(values)
+        return f"{metric}: first validation {values[0]:.4f}, best {best:.4f}, last {values[-1]:.4f}"
 
 
 class LossProgressBar(RichProgressBar):

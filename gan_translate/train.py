@@ -106,7 +106,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     history.restore(trainer.callback_metrics)  # ddp_spawn: the history lived in the worker processes
     if trainer.is_global_zero:
         for name in [metric] if metric else history.names():
-            summary = history.summary(name)
+            summary = history.summary(name, cfg.monitor.mode if name == metric else None)
             if summary:
                 log.info(summary)
         log.info("run folder: %s", cfg.paths.output_dir)

@@ -132,3 +132,22 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
     train(compose_train(*args[len(TINY):], f"paths.output_dir={tmp_path / 'full'}"))
     assert_same_weights(tmp_path / "full/checkpoints/last.ckpt", run_dir / "checkpoints/last.ckpt")
+
+
+def test_best_checkpoint_by_a_higher_is_better_metric_survives_resume(tmp_path, caplog):
+    """monitor.mode=max: the run's summary names the highest PSNR as best, the same the best checkpoint holds;
+    last.ckpt carries the best checkpoint's state of that epoch, so a resume keeps exactly one best file."""
+    run = tmp_path / "run"
+    settings = ["monitor.metric=val/psnr", "monitor.mode=max", "metrics.collection.fid=false",
+                "metrics.collection.lpips=false", "callbacks.periodic_checkpoint=null", f"paths.output_dir={run}"]
+    with caplog.at_level("INFO", logger="gan_translate.train"):
+        train(compose_train("trainer.max_epochs=3", *settings))
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("val/psnr: first validation"))
+    best_summary = float(summary.split("best ")[1].split(",")[0])
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val/psnr'")]
+    assert Path(state["best_model_path"]).exists()  # written before last.ckpt took its state
+    assert best_summary == pytest.approx(float(state["best_model_score"]), abs=1e-4)
+    assert [p.name for p in (run / "checkpoints").glob("best_*.ckpt")] == [Path(state["best_model_path"]).name]
+    train(compose_train("trainer.max_epochs=5", f"resume={run}", *settings))
+    assert len(list((run / "checkpoints").glob("best_*.ckpt"))) == 1
