@@ -84,6 +84,12 @@ def model_from_checkpoint(path: str | Path, expected: type[GANModule] | None = N
     info = checkpoint[CHECKPOINT_KEY]
     if expected is not None and not issubclass(get_class(info["model_class"]), expected):
         raise CheckpointError(f"{path} holds a {info['model_class']}, not a {expected.__name__}")
-    model = build_model(info["config"])
+    # Without the validation metrics: predict, export and sample would otherwise load the FID Inception network
+    # (100 MB, seconds) for nothing. The run's config stays as it was.
+    config = OmegaConf.create(info["config"])
+    if config.model.get("metrics") is not None:
+        config.model.metrics = None
+    model = build_model(config)
+    model.run_config = info["config"]
     load_state(model, checkpoint["state_dict"], str(path))
     return model.eval()

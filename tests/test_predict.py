@@ -55,6 +55,10 @@ def test_in_memory_model_equals_checkpoint(trained):
     translator = Translator.from_checkpoint(path, device="cpu")
     assert torch.allclose(translator(images), expected.clamp(-1, 1), atol=1e-6)
     assert translator.train_size == 64  # synthetic data, preprocess none: the training size
+    # Inference builds no validation metrics (with FID weights present they would load Inception), and keeps the
+    # run's config as trained.
+    assert model.metrics is not None and rebuilt.metrics is None
+    assert rebuilt.run_config == model.run_config
 
 
 def test_translator_on_pil_and_odd_sizes(trained):
