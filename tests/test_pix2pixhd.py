@@ -379,3 +379,11 @@ def test_feature_encoder_clusters_give_different_outputs(tmp_path):
     assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
     centres = kmeans(torch.tensor([[0.0], [0.1], [10.0], [10.1]]), 2)
     assert sorted(centres.flatten().tolist()) == pytest.approx([0.05, 10.05])
+
+
+def test_the_readme_feature_encoder_command_builds(tmp_path):
+    """README: `experiment=demo_pix2pixhd model.feature_encoder=true` (the encoder downsamples like the demo's G1)."""
+    from gan_translate.checkpoint import build_model
+
+    model = build_model(compose_train(["experiment=demo_pix2pixhd", "model.feature_encoder=true"], tmp_path))
+    assert model.encoder is not None
