@@ -70,10 +70,14 @@ def choose_monitor(cfg: DictConfig) -> str | None:
         if metric is None and "best_checkpoint" in (cfg.get("callbacks") or {}):
             cfg.callbacks.best_checkpoint = None
     if metric is None:
+        collection = (cfg.get("metrics") or {}).get("collection") or {}
+        # "auto" that stayed off: the weights are missing; otherwise this metrics config leaves FID and LPIPS off.
+        why = ("no FID or LPIPS weights were found (python -m gan_translate.weights fetch fid)"
+               if any(collection.get(name) == "auto" for name in ("fid", "lpips"))
+               else "this metrics config runs neither FID nor LPIPS")
         log.warning(
-            "no best checkpoint: no FID or LPIPS weights were found (python -m gan_translate.weights fetch fid), "
-            "and pixel losses such as val/l1 reward blurry outputs, so only last.ckpt and the periodic "
-            "checkpoints are kept. Set monitor.metric=... to select by another metric."
+            "no best checkpoint: %s, and pixel losses such as val/l1 reward blurry outputs, so only last.ckpt and "
+            "the periodic checkpoints are kept. Set monitor.metric=... to select by another metric.", why
         )
     return metric
 

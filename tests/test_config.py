@@ -241,3 +241,20 @@ def test_multirun_cyclegan(tmp_path):
     check_jobs(sweep_dir, "loss.lambda_cycle", [5, 10])
     checkpoint = torch.load(sweep_dir / "1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["gan_translate"]["model_class"] == "gan_translate.models.cyclegan.CycleGAN"
+
+
+def test_no_best_checkpoint_warning_says_why(tmp_path, caplog):
+    from gan_translate.train import choose_monitor
+
+    reasons = {}
+    for name, overrides in {
+        "off": ["metrics=none"],
+        "missing": ["metrics.collection.fid=auto", "metrics.collection.lpips=auto",
+                    f"metrics.fid_weights={tmp_path / 'none.pt'}", f"metrics.lpips_weights={tmp_path / 'none'}"],
+    }.items():
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gan_translate.train"):
+            assert choose_monitor(compose_train(overrides, tmp_path / name)) is None
+        reasons[name] = " ".join(r.getMessage() for r in caplog.records)
+    assert "this metrics config runs neither FID nor LPIPS" in reasons["off"] and "weights" not in reasons["off"]
+    assert "no FID or LPIPS weights were found" in reasons["missing"]
