@@ -63,14 +63,14 @@ def choose_monitor(cfg: DictConfig) -> str | None:
     if cfg.monitor.metric != "auto":
         return cfg.monitor.metric
     paired = bool(getattr(get_class(cfg.model._target_), "paired", True))
-    metric = selection_metric((cfg.get("metrics") or {}).get("collection"), paired)
+    collection = (cfg.get("metrics") or {}).get("collection") or {}
+    metric = selection_metric(collection, paired)
     with open_dict(cfg):
         cfg.monitor.metric = metric
         cfg.monitor.mode = "min"
         if metric is None and "best_checkpoint" in (cfg.get("callbacks") or {}):
             cfg.callbacks.best_checkpoint = None
     if metric is None:
-        collection = (cfg.get("metrics") or {}).get("collection") or {}
         # "auto" that stayed off: the weights are missing; otherwise this metrics config leaves FID and LPIPS off.
         why = ("no FID or LPIPS weights were found (python -m gan_translate.weights fetch fid)"
                if any(collection.get(name) == "auto" for name in ("fid", "lpips"))

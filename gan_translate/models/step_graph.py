@@ -201,12 +201,13 @@ class FindHostReads(TorchDispatchMode):
         return type(value).__name__  # an object (a profiler record, a generator): its identity is not the op's
 
     def _note(self, func, args, kwargs) -> None:
-        if func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(...): a new constant
+        fresh = func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy")  # torch.tensor(...): a constant
+        if fresh:
             self._made.update(_storage(t) for t in _tensors(args))
         entry = (str(func), self._describe(args), self._describe(kwargs))
-        if func.overloadpacket.__name__ in ("lift_fresh", "lift_fresh_copy"):
-            # torch.tensor(x) in the step: a graph keeps the value of its capture (a small CPU tensor is even
-            # passed to kernels as a number), so a value that changes per batch diverges here.
+        if fresh:
+            # A graph keeps the constant's value at capture (a small CPU tensor is even passed to kernels as a
+            # number), so a value that changes per batch diverges here.
             entry += tuple(repr(t.tolist()) for t in _tensors(args) if t.numel() <= 64)
         index = len(self.trace)
         self.trace.append(entry)
