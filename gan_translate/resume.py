@@ -297,12 +297,30 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 IGNORED_ON_RESUME = ("paths.", "ckpt_path", "resume", "trainer.max_epochs", "trainer.max_steps")
+# Listed first: what the model is and how it learns. Top-level groups (loss, optim, ...) repeat under model.
+MODEL_KEYS = ("model.", "data.")
 
 
 def config_changes(saved: dict, current: dict) -> list[str]:
-    """Keys whose value differs between the checkpoint's run config and the resuming one."""
+    """Keys whose value differs between the checkpoint's run config and the resuming one, model and data keys
+    first. A path inside the run folder (a checkpoint dirpath, say) counts as the same when only that folder
+    differs: a resume into a new folder moves them all."""
     old, new = _flatten(saved), _flatten(current)
-    return sorted(
+    old_dir, new_dir = old.get("paths.output_dir"), new.get("paths.output_dir")
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, str) and isinstance(b, str) and old_dir and new_dir:
+            a = new_dir + a[len(old_dir):] if a.startswith(old_dir) else a
+        return a == b
+
+    changed = [
         key for key in set(old) | set(new)
-        if old.get(key, "<unset>") != new.get(key, "<unset>") and not key.startswith(IGNORED_ON_RESUME)
-    )
+        if not key.startswith(IGNORED_ON_RESUME) and not same(old.get(key, "<unset>"), new.get(key, "<unset>"))
+    ]
+    return sorted(changed, key=lambda key: (not key.startswith(MODEL_KEYS), key))
+
+
+def describe_changes(changed: list[str], shown: int = 10) -> str:
+    """The first ``shown`` changed keys, and how many more there are."""
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return (", ".join(changed[:shown]) or "none") + more

@@ -25,6 +25,7 @@ from gan_translate.resume import (
     AtomicCheckpointIO,
     RandomStateCheckpoint,
     config_changes,
+    describe_changes,
     optimizer_layout_mismatch,
     resume_checkpoint,
 )
@@ -48,12 +49,12 @@ def check_resumable(ckpt_path: str, model: GANModule) -> None:
     if mismatch:
         raise CheckpointError(
             f"{ckpt_path} cannot be resumed with this config: {mismatch}. Keys that differ from the checkpoint's "
-            f"config: {', '.join(changed[:10]) or 'none'}. Resume with the checkpoint's settings, or start a new run."
+            f"config: {describe_changes(changed)}. Resume with the checkpoint's settings, or start a new run."
         )
     if changed:
         log.warning(
             "resuming %s with a config that differs in %d keys: %s. Restored optimizer/scheduler states "
-            "keep their saved settings.", ckpt_path, len(changed), ", ".join(changed[:10]),
+            "keep their saved settings.", ckpt_path, len(changed), describe_changes(changed),
         )
 
 

@@ -151,3 +151,30 @@ def test_best_checkpoint_by_a_higher_is_better_metric_survives_resume(tmp_path, 
     assert [p.name for p in (run / "checkpoints").glob("best_*.ckpt")] == [Path(state["best_model_path"]).name]
     train(compose_train("trainer.max_epochs=5", f"resume={run}", *settings))
     assert len(list((run / "checkpoints").glob("best_*.ckpt"))) == 1
+
+
+def test_resume_warning_lists_model_changes_first_and_not_the_moved_run_folder(tmp_path, caplog):
+    """Resuming into a new folder moves every checkpoint and sample dirpath: not a change. A changed loss weight
+    is, and the model's keys come before the top-level copies they were interpolated from."""
+    from gan_translate.checkpoint import build_model
+    from gan_translate.train import check_resumable, choose_monitor
+
+    def model(*overrides: str):
+        cfg = compose_train("trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'second'}", *overrides)
+        choose_monitor(cfg)  # as train() does before it builds the model
+        return build_model(cfg)
+
+    train(compose_train("trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'first'}"))
+    ckpt = str(tmp_path / "first/checkpoints/last.ckpt")
+    moved, changed = model(), model("loss.lambda_l1=50")
+
+    def resume_warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming")]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gan_translate.train"):
+        check_resumable(ckpt, moved)
+        assert not resume_warnings()
+        check_resumable(ckpt, changed)
+    (message,) = resume_warnings()
+    assert "differs in 2 keys: model.loss.lambda_l1, loss.lambda_l1." in message
