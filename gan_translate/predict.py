@@ -19,6 +19,7 @@ from PIL import Image
 
 from gan_translate.config import CONF_DIR
 from gan_translate.data.datasets import IMAGE_EXTENSIONS, list_images, read_image
+from gan_translate.data.labels import read_map
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.translator import Translator
 
@@ -63,7 +64,14 @@ def predict(cfg: DictConfig) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in files:
-        output = translator(source_half(read_image(path), translator, cfg.pairs))
+        if translator.label_nc:  # class ids as stored: the image reader would turn palette indices into colours
+            image = read_map(path)
+        else:
+            image = source_half(read_image(path), translator, cfg.pairs)
+        try:
+            output = translator(image)
+        except ValueError as error:  # name the file; the outputs written so far stay
+            raise ValueError(f"predict input {path}: {error}") from error
         target = output_dir / f"{path.stem}.png"
         output.save(target)
         written.append(target)

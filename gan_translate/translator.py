@@ -31,8 +31,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.data.datasets import convert
+from gan_translate.data.labels import label_ids_of
 from gan_translate.data.transforms import to_unit_range
 from gan_translate.networks.layers import use_batch_statistics
+from gan_translate.networks.pix2pixhd import encode_label_ids
 from gan_translate.sizes import SizeRule, train_size_from_config
 
 SIZE_POLICIES = ("pad", "resize", "train_size")
@@ -96,6 +98,8 @@ class Translator:
         if compile:
             self.generator = FrozenCompiled(self.generator)
         self.input_nc = input_nc
+        # pix2pixHD on label maps: inputs are class ids, read as such and never interpolated.
+        self.label_nc: int = getattr(generator, "label_nc", 0)
         self.size_divisor = size_divisor or getattr(generator, "size_divisor", 1)
         self.min_size = min_size or getattr(generator, "min_size", 1)
         self.size_rule = SizeRule(self.size_divisor, self.min_size)
@@ -175,11 +179,22 @@ class Translator:
             size = [rule.nearest(height), rule.nearest(width)]
         if size == [height, width]:
             return batch, lambda out: out
-        resized = TF.resize(batch, size, antialias=True)
+        if self.label_nc:  # blending class ids would invent classes
+            resized = TF.resize(batch, size, interpolation=TF.InterpolationMode.NEAREST)
+        else:
+            resized = TF.resize(batch, size, antialias=True)
         return resized, lambda out: TF.resize(out, [height, width], antialias=True)
 
     # ----- PIL -----
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        if self.label_nc:
+            try:
+                return encode_label_ids(label_ids_of(image, self.label_nc))
+            except ValueError as error:
+                raise ValueError(
+                    f"this model translates label maps of {self.label_nc} classes (trained with data.label_nc="
+                    f"{self.label_nc}): give single-channel PNGs of class ids 0..{self.label_nc - 1}; {error}"
+                ) from error
         return TF.to_dtype(TF.to_image(convert(image, self.input_nc)), torch.float32, scale=True) * 2 - 1
 
     @staticmethod

@@ -32,6 +32,7 @@ from gan_translate.networks.pix2pixhd import (
     boundary_map,
     encode_label_ids,
     instance_average,
+    label_ids,
 )
 from gan_translate.predict import predict
 from gan_translate.sizes import SizeRule
@@ -314,6 +315,46 @@ def test_two_stage_training_and_prediction(stage1, tmp_path):
     assert torch.allclose(translator(item["A"]), expected[0].clamp(-1, 1), atol=1e-5)
     saved = np.asarray(Image.open(tmp_path / "out" / "facade.png")).astype(np.float32)
     assert np.abs(saved - (expected[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).max() <= 1.0
+
+
+def test_predict_reads_label_maps_as_class_ids_and_names_a_file_that_is_not_one(stage1, tmp_path):
+    """A palette PNG gives its indices (the image reader would give colours); a colour photo or ids beyond the
+    model's classes stop predict, naming the file, after the files before it were written."""
+    ids = torch.round((SyntheticLabelFacades(1, 64, "test")[0]["A"][0] + 1) * 127.5).to(torch.uint8).numpy()
+    inputs = tmp_path / "labels"
+    inputs.mkdir()
+    Image.fromarray(ids, mode="L").save(inputs / "a_grey.png")
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette([c for i in range(256) for c in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    palette.save(inputs / "b_palette.png")
+
+    def run(folder: Path, output: Path) -> list[Path]:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return predict(compose("predict", overrides=[f"ckpt_path={stage1}", f"input={folder}",
+                                                         f"output_dir={output}", "device=cpu"]))
+
+    run(inputs, tmp_path / "out")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "a_grey.png")),
+                          np.asarray(Image.open(tmp_path / "out" / "b_palette.png")))
+
+    Image.fromarray(np.stack([ids] * 3, -1)).save(inputs / "c_photo.png")
+    with pytest.raises(ValueError, match=r"c_photo\.png: .*label maps of 6 classes.*mode is RGB"):
+        run(inputs, tmp_path / "bad")
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["a_grey.png", "b_palette.png"]
+    (inputs / "c_photo.png").unlink()
+    Image.fromarray(np.full_like(ids, 9), mode="L").save(inputs / "d_nine.png")
+    with pytest.raises(ValueError, match=r"d_nine\.png: .*class ids 9\.\.9, outside 0\.\.5"):
+        run(inputs, tmp_path / "bad")
+
+
+def test_label_maps_are_resized_without_blending_class_ids(stage1):
+    translator = Translator.from_checkpoint(stage1, device="cpu", size_policy="resize")
+    ids = np.zeros((41, 57), dtype=np.uint8)  # odd sizes: not a multiple of any generator's divisor
+    ids[:, 28:] = 5
+    resized, _ = translator._fit_size(translator.to_tensor(Image.fromarray(ids, mode="L"))[None])
+    assert resized.shape[-2:] == tuple(translator.size_rule.nearest(n) for n in (41, 57)) != (41, 57)
+    assert set(label_ids(resized).unique().tolist()) == {0, 5}
+    assert translator(Image.fromarray(ids, mode="L")).size == (57, 41)
 
 
 def test_resumed_local_stage_keeps_its_weights_without_the_stage1_file(stage1, tmp_path):

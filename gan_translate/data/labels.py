@@ -49,21 +49,25 @@ def read_map(path: Path) -> Image.Image:
         raise DataError(f"cannot read map {path}: {error}") from error
 
 
-def read_label_map(path: Path, label_nc: int) -> torch.Tensor:
-    """1 x H x W class ids (uint8) from a single-channel PNG; palette (P) images give their palette indices."""
-    image = read_map(path)
+def label_ids_of(image: Image.Image, label_nc: int) -> torch.Tensor:
+    """1 x H x W class ids (uint8) of a single-channel label image (palette images give their palette indices).
+    ValueError, saying what the image is, for a colour image or ids outside 0..label_nc-1; callers name the file."""
     if image.mode not in SINGLE_CHANNEL_MODES:
-        raise DataError(
-            f"label map {path} is a {image.mode} image; data.label_nc={label_nc} needs single-channel maps of "
-            "class ids (8-bit grey or palette PNG). For colour label images set data.label_nc=0"
-        )
+        raise ValueError(f"its mode is {image.mode}, not single-channel class ids (8-bit grey or palette PNG)")
     ids = np.asarray(image).astype(np.int64)
     if ids.min() < 0 or ids.max() >= label_nc:
-        raise DataError(
-            f"label map {path} holds class ids {ids.min()}..{ids.max()}, but data.label_nc={label_nc} "
-            f"(ids 0..{label_nc - 1})"
-        )
+        raise ValueError(f"it holds class ids {ids.min()}..{ids.max()}, outside 0..{label_nc - 1}")
     return torch.from_numpy(ids.astype(np.uint8))[None]
+
+
+def read_label_map(path: Path, label_nc: int) -> torch.Tensor:
+    """1 x H x W class ids (uint8) from a single-channel PNG; palette (P) images give their palette indices."""
+    try:
+        return label_ids_of(read_map(path), label_nc)
+    except ValueError as error:
+        raise DataError(
+            f"label map {path}: {error}, for data.label_nc={label_nc}. For colour label images set data.label_nc=0"
+        ) from error
 
 
 def read_instance_map(path: Path) -> torch.Tensor:
