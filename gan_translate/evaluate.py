@@ -33,6 +33,7 @@ from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.config import CONF_DIR
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics import build_metrics, evaluate_folders
+from gan_translate.metrics.folders import check_enough_images
 from gan_translate.models.generative import GenerativeGAN
 from gan_translate.sampler import Sampler
 from gan_translate.translator import Translator
@@ -68,6 +69,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     metrics = build_metrics(cfg.metrics, paired=model.paired, l1=True)
     if metrics is None:
         raise ValueError("metrics=none leaves nothing to evaluate; choose metrics=default or metrics=full")
+    check_enough_images(metrics, {f"split {cfg.split!r} of {data_cfg.get('root') or type(datamodule).__name__}":
+                                  len(dataset)})
     metrics.to(translator.device)
 
     source_key, target_key = ("B", "A") if direction == "BtoA" else ("A", "B")
@@ -198,15 +201,16 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.pred_dir and not cfg.target_dir:
         raise ValueError("pred_dir=... needs target_dir=... (the ground-truth images, matched by file name)")
     output = Path(cfg.output) if cfg.output else default_output(cfg)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if cfg.ckpt_path:
         report, grid = evaluate_checkpoint(cfg)
         grid_path = output.with_suffix(".png")
+        output.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, grid_path)
         report["samples"] = str(grid_path)
     else:
         report = evaluate_generated(cfg)
     report["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     log.info("%s", json.dumps(report["metrics"], indent=2))
     log.info("report: %s", output)

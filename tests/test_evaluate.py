@@ -171,6 +171,19 @@ def test_evaluate_unpaired_folders_compares_distributions(tmp_path, monkeypatch)
     assert set(reports["same"]["metrics"]) == {"fid"} and not reports["same"]["paired"]
     assert abs(reports["same"]["metrics"]["fid"]) < 1e-2 < reports["inverted"]["metrics"]["fid"]
 
+    # One image has no covariance: refused before scoring (not a NaN in a report), leaving no report folder.
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(images[0]).save(one / "horse_0.png")
+    refused = subprocess.run(
+        [sys.executable, "-m", "gan_translate.evaluate", f"pred_dir={one}", f"target_dir={folders['zebras']}",
+         "paired=false", f"output={tmp_path / 'reports' / 'one.json'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert refused.returncode != 0
+    assert f"FID needs at least 2 images on each side: prediction folder '{one}' has 1" in refused.stderr
+    assert not (tmp_path / "reports").exists()
+
 
 def test_evaluate_needs_a_source(tmp_path):
     result = subprocess.run(

@@ -16,7 +16,7 @@ from gan_translate.data.images import read_image
 
 from .translation import TranslationMetrics
 
-__all__ = ["IMAGE_EXTENSIONS", "evaluate_folders", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "check_enough_images", "evaluate_folders", "load_image"]
 
 
 def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> Tensor:
@@ -27,6 +27,22 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
         img = img.resize(tuple(size), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0)
+
+
+def check_enough_images(metrics: TranslationMetrics, counts: dict[str, int]) -> None:
+    """FID and KID compare the statistics of two image sets, which one image cannot give: refuse before any image
+    is translated or scored (training's validation reports NaN instead, with a warning). ``counts`` maps each set's
+    description (e.g. "prediction folder 'out'") to its number of images."""
+    keys = metrics.output_keys
+    needs = [name.upper() for name in ("fid", "kid") if name in keys or f"{name}_mean" in keys]
+    few = [f"{where} has {number}" for where, number in counts.items() if number < 2]
+    if needs and few:
+        names = " and ".join(needs)
+        raise ValueError(
+            f"{names} {'needs' if len(needs) == 1 else 'need'} at least 2 images on each side: {', '.join(few)}. "
+            f"Score more images, or leave {names} out "
+            f"({' '.join(f'metrics.collection.{name.lower()}=false' for name in needs)})"
+        )
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -73,6 +89,8 @@ def evaluate_folders(
         if only_target:
             msg.append(f"{len(only_target)} without prediction: {_names(only_target)}")
         raise ValueError(" ".join(msg))
+    check_enough_images(metrics, {f"prediction folder {str(pred_dir)!r}": len(preds),
+                                  f"target folder {str(target_dir)!r}": len(targets)})
 
     if device is not None:
         metrics.to(device)
@@ -98,6 +116,8 @@ def evaluate_folders(
 def _evaluate_unpaired(pred_dir, target_dir, metrics: TranslationMetrics, batch_size: int, device) -> dict[str, float]:
     preds = list_images(pred_dir, "prediction folder")
     targets = list_images(target_dir, "target folder")
+    check_enough_images(metrics, {f"prediction folder {str(pred_dir)!r}": len(preds),
+                                  f"target folder {str(target_dir)!r}": len(targets)})
     if device is not None:
         metrics.to(device)
     metrics.reset()
