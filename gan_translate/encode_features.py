@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from gan_translate.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from gan_translate.config import CONF_DIR
 from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.models.pix2pixhd import Pix2PixHD
 from gan_translate.networks.pix2pixhd import region_classes, region_index
 from gan_translate.translator import _resolve_device
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from gan_translate.config import CONF_DIR
 from gan_translate.sampler import Sampler
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -31,14 +31,17 @@ def sample(cfg: DictConfig) -> Path:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
     sampler = Sampler.from_checkpoint(cfg.ckpt_path, device=cfg.device)
     output = Path(cfg.output) if cfg.output else default_output(cfg.ckpt_path, cfg.per_file)
+    # Sample first: a bad label is refused before any folder is made.
     if cfg.per_file:
+        images = Sampler.to_pil(sampler(cfg.n, cfg.label, cfg.seed))
         output.mkdir(parents=True, exist_ok=True)
-        for index, image in enumerate(Sampler.to_pil(sampler(cfg.n, cfg.label, cfg.seed))):
+        for index, image in enumerate(images):
             image.save(output / f"{index:05d}.png")
         log.info("wrote %d samples into %s", cfg.n, output)
     else:
+        grid = sampler.grid(cfg.n, cfg.label, cfg.seed, cfg.nrow)
         output.parent.mkdir(parents=True, exist_ok=True)
-        sampler.grid(cfg.n, cfg.label, cfg.seed, cfg.nrow).save(output)
+        grid.save(output)
         log.info("wrote a grid of %d samples: %s", cfg.n, output)
     return output
 

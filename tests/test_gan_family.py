@@ -161,6 +161,13 @@ def test_sample_command_grid_and_per_file(runs, tmp_path):
     assert len(files) == 5
     with Image.open(files[0]) as image:
         assert image.size == (16, 16)
+    # A label the model does not have is refused before the output folder is made.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        bad_cfg = compose("sample", overrides=[f"ckpt_path={ckpt}", "n=5", "label=12", "per_file=true",
+                                               f"output={tmp_path / 'bad'}"])
+    with pytest.raises(ValueError, match="12"):
+        sample(bad_cfg)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("name", ["cgan", "infogan", "aae"])

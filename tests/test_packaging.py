@@ -79,3 +79,11 @@ def test_installed_wheel_trains_from_another_folder_with_a_user_config_dir(wheel
     (run_dir,) = (work / "outputs" / "train").glob("*/*")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "experiment: tiny_demo" in (run_dir / ".hydra" / "hydra.yaml").read_text()
+
+    # Every command finds the installed configs (`--cfg job` composes and prints its config, running nothing).
+    commands = sorted(p.stem for p in (ROOT / "gan_translate").glob("*.py") if "@hydra.main" in p.read_text())
+    assert {"train", "predict", "evaluate", "export", "sample"} <= set(commands)
+    for command in commands:
+        shown = subprocess.run([python, "-m", f"gan_translate.{command}", "--cfg", "job"], cwd=work, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert shown.returncode == 0, f"{command}: {shown.stderr[-2000:]}"
