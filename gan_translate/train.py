@@ -126,7 +126,12 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     silence_known_warnings()
-    return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as error:
+        # Hydra made the run folder before the job started: its train.log says why the run stopped there.
+        log.error("run failed: %s: %s", type(error).__name__, error)
+        raise
 
 
 if __name__ == "__main__":
