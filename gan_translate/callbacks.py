@@ -85,6 +85,13 @@ class ValidationHistory(pl.Callback):
         self.epochs: list[dict[str, float]] = []
         self.carried: dict[str, list[float]] = {}
 
+    # Saved in checkpoints: a resumed run's summary covers the whole run, not only the epochs since the resume.
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = [dict(epoch) for epoch in state_dict.get("epochs", [])]
+
     def on_fit_end(self, trainer, pl_module) -> None:
         for metric in sorted({key for epoch in self.epochs for key in epoch if key != "epoch"}):
             trainer.callback_metrics[HISTORY_PREFIX + metric] = torch.tensor(self.values(metric))

@@ -178,3 +178,23 @@ def test_resume_warning_lists_model_changes_first_and_not_the_moved_run_folder(t
         check_resumable(ckpt, changed)
     (message,) = resume_warnings()
     assert "differs in 2 keys: model.loss.lambda_l1, loss.lambda_l1." in message
+
+
+def test_run_summary_after_a_resume_covers_the_whole_run(tmp_path, caplog):
+    """The validation history travels in the checkpoint: "first validation" is the run's first, not the resume's."""
+    run = tmp_path / "run"
+    settings = ["monitor.metric=val/psnr", "monitor.mode=max", "metrics.collection.fid=false",
+                "metrics.collection.lpips=false", f"paths.output_dir={run}"]
+
+    def summary() -> str:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("val/psnr: first")][-1]
+
+    with caplog.at_level("INFO", logger="gan_translate.train"):
+        train(compose_train("trainer.max_epochs=1", *settings))
+        first_run = summary()
+        train(compose_train("trainer.max_epochs=3", f"resume={run}", *settings))
+        resumed = summary()
+    first = first_run.split("first validation ")[1].split(",")[0]
+    assert resumed.startswith(f"val/psnr: first validation {first},")
+    history = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["callbacks"]["ValidationHistory"]
+    assert [epoch["epoch"] for epoch in history["epochs"]] == [0, 1, 2]
