@@ -19,7 +19,7 @@ t_start=$(date +%s)
 schedule=(trainer.check_val_every_n_epoch=20 callbacks.samples.every_n_epochs=20 callbacks.figures.every_n_epochs=20
           +callbacks.last_checkpoint.every_n_epochs=10 callbacks.interval_checkpoint.every_n_minutes=2
           callbacks.periodic_checkpoint=null data.num_workers=8)
-. scripts/gpu_attempt.sh
+. scripts/gpu_session_lib.sh
 train() {  # train NAME OVERRIDES...
   local name=$1; shift
   attempt "$name" "$status" $(( t_start + budget )) "$run/train_$name.log" \

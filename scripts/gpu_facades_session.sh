@@ -18,19 +18,9 @@ run=/tmp/run
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 t_call=$(date +%s)
 
-pack() {
-  (cd "$run" && tar czf "$OUT/logs.tgz" --exclude=checkpoints --exclude='test_*' . &&
-   if [ -d test_output_paper ]; then tar cf - test_output_paper test_output_eval | split -b 15m - "$OUT/outputs.tar.part_"; fi)
-  cat "$run/recipe_status.txt" 2>/dev/null; tail -n 3 "$run/watch.log" 2>/dev/null; ls -la "$OUT"
-}
-
-watch() {  # watch UNTIL_EPOCH_S
-  while [ "$(date +%s)" -lt "$1" ] && ! grep -q '^done' "$run/recipe_status.txt" 2>/dev/null; do
-    echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | tr -d ' ')" \
-         "| $(tail -n 1 "$run/csv/metrics.csv" 2>/dev/null | cut -c1-40)" >> "$run/watch.log"
-    sleep 10
-  done
-}
+. scripts/gpu_session_lib.sh
+pack() { pack_run "$run" "$run/recipe_status.txt" test_output_paper test_output_eval; }
+watch() { watch_run "$run" "$run/recipe_status.txt" '^done' "$1"; }  # watch UNTIL_EPOCH_S
 
 case $1 in
   start)

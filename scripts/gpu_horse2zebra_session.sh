@@ -22,19 +22,9 @@ run=/tmp/h2z_run
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 t_call=$(date +%s)
 
-pack() {
-  (cd "$run" && tar czf "$OUT/logs.tgz" --exclude=checkpoints --exclude='fake_*' . &&
-   if [ -d fake_B ]; then tar cf - fake_B fake_A | split -b 15m - "$OUT/outputs.tar.part_"; fi)
-  cat "$run/status.txt" 2>/dev/null; tail -n 3 "$run/watch.log" 2>/dev/null; ls -la "$OUT"
-}
-
-watch() {  # watch UNTIL_EPOCH_S
-  while [ "$(date +%s)" -lt "$1" ] && ! grep -q '^train rc=' "$run/status.txt" 2>/dev/null; do
-    echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | tr -d ' ')" \
-         "| $(tail -n 1 "$run/csv/metrics.csv" 2>/dev/null | cut -c1-40)" >> "$run/watch.log"
-    sleep 10
-  done
-}
+. "$(dirname "$0")/gpu_session_lib.sh"
+pack() { pack_run "$run" "$run/status.txt" fake_B fake_A; }
+watch() { watch_run "$run" "$run/status.txt" '^train rc=' "$1"; }  # watch UNTIL_EPOCH_S
 
 case $1 in
   load_a)
@@ -49,7 +39,6 @@ case $1 in
   train)  # train BUDGET_S [OVERRIDES...], detached by start: trainer=gpu_fast, and once more without the step graph
           # if that run fails before its first checkpoint (a capture that fails on this machine)
     t_start=$(date +%s); budget=$2; shift 2
-    . "$(dirname "$0")/gpu_attempt.sh"
     train() {  # train NAME OVERRIDES...
       local name=$1; shift
       attempt "$name" "$run/status.txt" $(( t_start + budget )) "$run/train_$name.log" \
