@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
 from gan_translate.checkpoint import CheckpointError, model_from_checkpoint
-from gan_translate.data.transforms import to_unit_range
+from gan_translate.data.transforms import to_uint8
 from gan_translate.translator import _resolve_device
 
 
@@ -67,8 +67,8 @@ class Sampler:
         conditional models, so that each column is a class, else about sqrt(n))."""
         images = self(n, labels, seed)
         nrow = nrow or (self.num_classes if self.num_classes and labels is None else max(1, round(n**0.5)))
-        return TF.to_pil_image(make_grid(to_unit_range(images), nrow=nrow, padding=2, pad_value=1.0))
+        return TF.to_pil_image(to_uint8(make_grid(images, nrow=nrow, padding=2, pad_value=1.0)))
 
     @staticmethod
     def to_pil(images: torch.Tensor) -> list[Image.Image]:
-        return [TF.to_pil_image(to_unit_range(image)) for image in images]
+        return [TF.to_pil_image(to_uint8(image)) for image in images]

@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.data.datasets import convert
 from gan_translate.data.labels import label_ids_of
-from gan_translate.data.transforms import to_unit_range
+from gan_translate.data.transforms import to_uint8
 from gan_translate.networks.layers import use_batch_statistics
 from gan_translate.networks.pix2pixhd import encode_label_ids
 from gan_translate.sizes import SizeRule, train_size_from_config
@@ -199,7 +199,7 @@ class Translator:
 
     @staticmethod
     def to_pil(image: torch.Tensor) -> Image.Image:
-        return TF.to_pil_image(to_unit_range(image.cpu()))
+        return TF.to_pil_image(to_uint8(image.cpu()))
 
     def __call__(self, image: Image.Image | torch.Tensor | list[Image.Image]):
         """PIL image -> PIL image; list of PIL images -> list; tensor in [-1, 1] -> tensor."""

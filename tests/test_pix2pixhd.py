@@ -314,7 +314,7 @@ def test_two_stage_training_and_prediction(stage1, tmp_path):
     translator = Translator.from_checkpoint(ckpt, device="cpu")
     assert torch.allclose(translator(item["A"]), expected[0].clamp(-1, 1), atol=1e-5)
     saved = np.asarray(Image.open(tmp_path / "out" / "facade.png")).astype(np.float32)
-    assert np.abs(saved - (expected[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).max() <= 1.0
+    assert np.abs(saved - (expected[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).max() <= 0.55  # rounded to 8-bit levels
 
 
 def test_predict_reads_label_maps_as_class_ids_and_names_a_file_that_is_not_one(stage1, tmp_path):

@@ -85,3 +85,9 @@ def build_transform(
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1] (for saving and for metrics that expect [0, 1])."""
     return (images.clamp(-1, 1) + 1) / 2
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> 8-bit levels 0..255, rounded to the nearest (``to_pil_image`` of a float tensor truncates, which
+    darkens every saved output by half a level on average), for saving images."""
+    return to_unit_range(images).mul(255).round().to(torch.uint8)
