@@ -221,6 +221,45 @@ def test_feature_network_runs_once_per_side_for_fid_and_kid():
     assert calls == [3, 4]
 
 
+def test_cached_real_features_feed_only_generated_images_and_give_the_same_scores():
+    """cache_real_features: after the first complete pass, FID/KID keep the real side's features; later passes run
+    the feature network on the generated images only, and score as a fresh collection would. A pass that was reset
+    before its compute() (an interrupted validation) is not what gets kept."""
+    calls = []
+
+    class Counting(TinyFeatureExtractor):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    def scores(metrics: TranslationMetrics, fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+        metrics.reset()
+        metrics.update(fake, real)
+        torch.manual_seed(0)  # KID draws random subsets
+        return metrics.compute()
+
+    real = _images(6, seed=1)
+    cached = TranslationMetrics(paired=False, fid=True, kid=True, kid_subset_size=4, feature_extractor=Counting(8),
+                                cache_real_features=True)
+    cached.update(_images(2, seed=5), _images(3, seed=6))  # interrupted: reset before any compute
+    scores(cached, _images(6, seed=2), real)
+    calls.clear()
+    for seed in (3, 4):
+        fake = _images(6, seed=seed, low=-0.5)
+        fresh = TranslationMetrics(paired=False, fid=True, kid=True, kid_subset_size=4,
+                                   feature_extractor=TinyFeatureExtractor(8))
+        got, want = scores(cached, fake, real), scores(fresh, fake, real)
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6) and got["fid"] > 0
+    assert calls == [6, 6]  # the generated images only
+
+    # Off (the Python API's default): every pass feeds both sides.
+    plain = TranslationMetrics(paired=False, fid=True, feature_extractor=Counting(8))
+    calls.clear()
+    for seed in (3, 4):
+        scores(plain, _images(6, seed=seed), real)
+    assert calls == [6, 6, 6, 6]
+
+
 def test_tiny_extractor_is_valid_torchmetrics_feature_module():
     from torchmetrics.image.fid import FrechetInceptionDistance
 

@@ -10,6 +10,9 @@ Images come in as float tensors ``N x C x H x W`` in ``[-1, 1]`` (generator tanh
 * ``lpips``: mean LPIPS (AlexNet or VGG16 backbone) on ``[-1, 1]`` inputs, see :mod:`.lpips`.
 * ``fid``, ``kid_mean``, ``kid_std``: torchmetrics FID / KID with a local feature network, see :mod:`.features`.
   KID's ``subset_size`` is ``min(kid_subset_size, images seen per side)`` at compute time.
+  ``cache_real_features=True`` (the training configs): the real side's features of the first complete pass (up to
+  the first ``compute()``) are kept, and later passes feed FID/KID only the generated images. The validation set is
+  the same every epoch, so this halves the Inception work of every validation after the first.
 
 ``l1``, ``psnr``, ``ssim`` and ``lpips`` compare each output with its target and are computed only when
 ``paired=True``; with ``paired=False`` (CycleGAN on unpaired data) they are skipped and ``real`` is just a sample
@@ -160,6 +163,8 @@ class TranslationMetrics(nn.Module):
             ``num_features`` attribute), e.g. :class:`TinyFeatureExtractor` in tests. Replaces Inception.
         max_images: stop accumulating after this many images per side (per process); ``None``: no cap.
         psnr_max_db: per-image PSNR cap in dB.
+        cache_real_features: after the first ``compute()``, FID/KID keep the real images' features and take only
+            generated images (for repeated validation on an unchanging set); paired metrics still use ``real``.
     """
 
     _memo: _MemoFeatures | None  # set with object.__setattr__: deliberately not registered submodules
@@ -182,6 +187,7 @@ class TranslationMetrics(nn.Module):
         feature_extractor: nn.Module | None = None,
         max_images: int | None = None,
         psnr_max_db: float = 100.0,
+        cache_real_features: bool = False,
     ) -> None:
         super().__init__()
         # "auto": on when its weights are found (or a custom feature extractor is given), quietly off otherwise.
@@ -199,6 +205,8 @@ class TranslationMetrics(nn.Module):
         self.kid_subset_size = int(kid_subset_size)
         self._device = torch.device("cpu")
         self._seen = [0, 0]  # fake, real (this process)
+        self.cache_real_features = bool(cache_real_features)
+        self._cached_real: int | None = None  # real images behind FID/KID's kept features (all processes)
 
         # Look up all needed weights first, so one error lists everything that is missing.
         extractor: nn.Module | None = feature_extractor
@@ -331,7 +339,7 @@ class TranslationMetrics(nn.Module):
             try:
                 # Same tensor object to FID then KID: the memo wrapper runs the network once per side.
                 for x, is_real in ((fake_rgb, False), (real_rgb, True)):
-                    if x.shape[0]:
+                    if x.shape[0] and not (is_real and self._cached_real is not None):
                         for metric in dist_metrics:
                             metric.update(x, real=is_real)
             finally:
@@ -349,6 +357,8 @@ class TranslationMetrics(nn.Module):
         if n_fake == 0 and n_real == 0:
             warnings.warn("TranslationMetrics.compute() called before any update; returning {}", stacklevel=2)
             return {}
+        if self._cached_real is not None:
+            n_real = self._cached_real
         out: dict[str, float] = {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
@@ -370,7 +380,16 @@ class TranslationMetrics(nn.Module):
                         out["kid_mean"], out["kid_std"] = float(kid_mean), float(kid_std)
                 else:
                     out[name] = float(metric.compute())
+        self._keep_real_features(n_real)
         return out
+
+    def _keep_real_features(self, n_real: int) -> None:
+        """After a complete first pass: from now on FID/KID's reset keeps the real side, and update skips it."""
+        distribution = [self._metrics[k] for k in ("fid", "kid") if k in self._metrics]
+        if self.cache_real_features and distribution and self._cached_real is None and n_real >= 2:
+            self._cached_real = n_real
+            for metric in distribution:
+                metric.reset_real_features = False
 
     def reset(self) -> None:
         for metric in self._all_metrics():
