@@ -40,7 +40,10 @@ class Sampler:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Sampler:
-        return cls(model_from_checkpoint(path), **kwargs)
+        try:
+            return cls(model_from_checkpoint(path), **kwargs)
+        except CheckpointError as error:  # a translation model's checkpoint: say which file
+            raise CheckpointError(f"{path}: {error}") from error
 
     @property
     def num_classes(self) -> int:

@@ -129,7 +129,10 @@ class Translator:
         model = model_from_checkpoint(path)
         config = model.run_config or {}
         data = config.get("data", {})
-        generator = model.generator_for(direction)
+        try:
+            generator = model.generator_for(direction)
+        except ValueError as error:  # a noise model's checkpoint, or a direction it does not have: say which file
+            raise ValueError(f"{path}: {error}") from error
         return cls(
             generator,
             input_nc=model.source_channels(direction),

@@ -4,6 +4,7 @@ embedded digits (16 px, widths 8), sampling and export from the checkpoint alone
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from gan_translate.networks.dcgan import DCGANDiscriminator, DCGANGenerator
 from gan_translate.sample import sample
 from gan_translate.sampler import Sampler
 from gan_translate.train import train
+from gan_translate.translator import Translator
 
 RUN = [
     "data.image_size=16", "data.train_length=16", "data.val_length=8", "data.batch_size=8", "data.val_batch_size=8",
@@ -195,6 +197,9 @@ def test_torchscript_export(runs, tmp_path):
         assert torch.allclose(network(z), model(z), atol=1e-5)
     with pytest.raises(ValueError, match="generates from noise"):
         export_generator(ckpt, direction="AtoB")
+    # Predict's translator on a noise model names the file and the command that fits it.
+    with pytest.raises(ValueError, match=rf"{re.escape(str(ckpt))}: DCGAN generates images from noise.*sample"):
+        Translator.from_checkpoint(ckpt, device="cpu")
 
 
 def test_aae_reconstruction_falls(tmp_path):

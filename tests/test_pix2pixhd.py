@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from gan_translate.checkpoint import load_checkpoint, model_from_checkpoint
+from gan_translate.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from gan_translate.data.datasets import DataError
 from gan_translate.data.labels import LabelFoldersDataset, SyntheticLabelFacades
 from gan_translate.data.transforms import build_transform
@@ -345,6 +345,13 @@ def test_predict_reads_label_maps_as_class_ids_and_names_a_file_that_is_not_one(
     Image.fromarray(np.full_like(ids, 9), mode="L").save(inputs / "d_nine.png")
     with pytest.raises(ValueError, match=r"d_nine\.png: .*class ids 9\.\.9, outside 0\.\.5"):
         run(inputs, tmp_path / "bad")
+
+
+def test_sampling_a_translation_checkpoint_names_the_file(stage1):
+    from gan_translate.sampler import Sampler
+
+    with pytest.raises(CheckpointError, match=rf"{stage1.name}: Pix2PixHD translates images.*predict"):
+        Sampler.from_checkpoint(stage1, device="cpu")
 
 
 def test_label_maps_are_resized_without_blending_class_ids(stage1):
