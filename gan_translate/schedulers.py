@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -29,7 +30,24 @@ class LinearDecayLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, epoch: int) -> float:
-        return 1.0 - max(0, epoch + 1 - self.constant_epochs) / (self.decay_epochs + 1)
+        # Never negative: past total_epochs (a run longer than its schedule) the rate stays at 0.
+        return max(0.0, 1.0 - max(0, epoch + 1 - self.constant_epochs) / (self.decay_epochs + 1))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Progress (epoch, base rates) from the checkpoint, the schedule from this config: a resume that extends
+        the run (trainer.max_epochs, hence total_epochs) decays over the new length, as the reference's
+        --continue_train does, instead of keeping the saved end and training at rate 0 after it. The optimizers'
+        rates (restored before the schedulers) are set to the schedule's; a plain resume leaves them as they were."""
+        schedule = {"constant_epochs": self.constant_epochs, "decay_epochs": self.decay_epochs}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(schedule)
+        rates = self.get_lr()
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            if isinstance(group["lr"], torch.Tensor):  # a tensor rate (captured steps read it in place)
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+        self._last_lr = [float(rate) for rate in rates]
 
     def get_lr(self) -> list[float]:
         return [base_lr * self.factor(self.last_epoch) for base_lr in self.base_lrs]

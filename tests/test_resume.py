@@ -198,3 +198,23 @@ def test_run_summary_after_a_resume_covers_the_whole_run(tmp_path, caplog):
     assert resumed.startswith(f"val/psnr: first validation {first},")
     history = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["callbacks"]["ValidationHistory"]
     assert [epoch["epoch"] for epoch in history["epochs"]] == [0, 1, 2]
+
+
+def test_resume_that_extends_the_run_decays_over_the_new_length(tmp_path):
+    """Linear decay, 2 epochs (1 constant, 1 decaying), then resumed to 6: the schedule is the config's (3 + 3),
+    as the reference's --continue_train; the saved one would run its rate to 0 at epoch 2 and stay there."""
+    import pytorch_lightning as pl
+
+    class Rates(pl.Callback):
+        def __init__(self) -> None:
+            self.rates: dict[int, float] = {}
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.rates[trainer.current_epoch] = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    run = tmp_path / "run"
+    train(compose_train("trainer.max_epochs=2", "scheduler=linear", "metrics=none", f"paths.output_dir={run}"))
+    rates = Rates()
+    train(compose_train("trainer.max_epochs=6", "scheduler=linear", "metrics=none", f"resume={run}",
+                        f"paths.output_dir={run}"), extra_callbacks=[rates])
+    assert rates.rates == pytest.approx({2: 2e-4, 3: 1.5e-4, 4: 1e-4, 5: 0.5e-4})
