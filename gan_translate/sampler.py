@@ -40,8 +40,9 @@ class Sampler:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Sampler:
+        model = model_from_checkpoint(path)  # its own errors name the file
         try:
-            return cls(model_from_checkpoint(path), **kwargs)
+            return cls(model, **kwargs)
         except CheckpointError as error:  # a translation model's checkpoint: say which file
             raise CheckpointError(f"{path}: {error}") from error
 
