@@ -74,10 +74,13 @@ def evaluate_folders(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pred_files, target_files = list_images(pred_dir, "prediction folder"), list_images(target_dir, "target folder")
+    check_enough_images(metrics, {f"prediction folder {str(pred_dir)!r}": len(pred_files),
+                                  f"target folder {str(target_dir)!r}": len(target_files)})
     if not metrics.paired:
-        return _evaluate_unpaired(pred_dir, target_dir, metrics, batch_size, device)
-    preds = index_by_stem(list_images(pred_dir, "prediction folder"), "prediction folder")
-    targets = index_by_stem(list_images(target_dir, "target folder"), "target folder")
+        return _evaluate_unpaired(pred_files, target_files, metrics, batch_size, device)
+    preds = index_by_stem(pred_files, "prediction folder")
+    targets = index_by_stem(target_files, "target folder")
     only_pred = sorted(set(preds) - set(targets))
     only_target = sorted(set(targets) - set(preds))
     if only_pred or only_target:
@@ -89,8 +92,6 @@ def evaluate_folders(
         if only_target:
             msg.append(f"{len(only_target)} without prediction: {_names(only_target)}")
         raise ValueError(" ".join(msg))
-    check_enough_images(metrics, {f"prediction folder {str(pred_dir)!r}": len(preds),
-                                  f"target folder {str(target_dir)!r}": len(targets)})
 
     if device is not None:
         metrics.to(device)
@@ -113,11 +114,8 @@ def evaluate_folders(
     return result
 
 
-def _evaluate_unpaired(pred_dir, target_dir, metrics: TranslationMetrics, batch_size: int, device) -> dict[str, float]:
-    preds = list_images(pred_dir, "prediction folder")
-    targets = list_images(target_dir, "target folder")
-    check_enough_images(metrics, {f"prediction folder {str(pred_dir)!r}": len(preds),
-                                  f"target folder {str(target_dir)!r}": len(targets)})
+def _evaluate_unpaired(preds: list, targets: list, metrics: TranslationMetrics, batch_size: int,
+                       device) -> dict[str, float]:
     if device is not None:
         metrics.to(device)
     metrics.reset()
