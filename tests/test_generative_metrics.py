@@ -149,6 +149,27 @@ def test_class_accuracy_code_accuracy_and_classifier_fid_on_real_images(classes_
     assert set(values) == {"classifier_fid"} and values["classifier_fid"] > 1.0
 
 
+def test_cached_real_features_score_later_passes_against_the_first_real_pass(classes_root, classifier):
+    """cache_real_features (the training config): the classifier FID keeps the first complete pass's real features,
+    so later passes score as a fresh collection given those real images, and their own real images go unused."""
+    model, _ = classifier
+    images, labels, _ = load_class_folder(classes_root / "val")
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cached = GenerativeMetrics(model, code_accuracy=False, cache_real_features=True)
+    cached.update(noise, real=noise)  # interrupted: reset before its compute, so not what is kept
+    cached.reset()
+    cached.update(images, real=images, labels=labels)
+    assert cached.compute()["classifier_fid"] == pytest.approx(0.0, abs=1e-3)
+    for step in (0.5, 0.25):
+        fake = (images * step).clamp(-1, 1)
+        cached.reset()
+        cached.update(fake, real=noise, labels=labels)  # a different real set: ignored, the first one is kept
+        fresh = GenerativeMetrics(model, code_accuracy=False)
+        fresh.update(fake, real=images, labels=labels)
+        got, want = cached.compute(), fresh.compute()
+        assert got == pytest.approx(want, rel=1e-5) and got["classifier_fid"] > 1.0
+
+
 def test_generative_metrics_resizes_samples_and_rejects_bad_labels(classes_root, classifier):
     model, _ = classifier
     images, labels, _ = load_class_folder(classes_root / "val", channels=3, size=2 * SIZE)

@@ -350,6 +350,9 @@ class GenerativeMetrics(nn.Module):
         num_codes: number of categorical code values (``code_accuracy``); default: the number of classes.
         fid, kid, fid_weights, kid_subset_size: the Inception metrics, as in :class:`TranslationMetrics`.
         max_images: stop accumulating after this many samples / real images (per process); ``None``: no cap.
+        cache_real_features: after the first ``compute()`` that saw at least 2 real images, the classifier FID
+            and the Inception FID/KID keep the real images' features and later passes take only samples (the
+            validation set is the same every epoch), as in :class:`TranslationMetrics`.
         paired: ignored (models pass it to every metrics factory; generated samples have no pixel targets).
     """
 
@@ -371,6 +374,7 @@ class GenerativeMetrics(nn.Module):
         fid_weights: str | os.PathLike | None = None,
         kid_subset_size: int = 100,
         max_images: int | None = None,
+        cache_real_features: bool = False,
         paired: bool = False,  # noqa: ARG002 - see docstring
     ) -> None:
         super().__init__()
@@ -399,7 +403,10 @@ class GenerativeMetrics(nn.Module):
         object.__setattr__(self, "_metrics", metrics)
         object.__setattr__(self, "_inception", TranslationMetrics(
             paired=False, l1=False, psnr=False, ssim=False, fid=fid, kid=kid, fid_weights=fid_weights,
-            kid_subset_size=kid_subset_size, max_images=max_images) if fid or kid else None)
+            kid_subset_size=kid_subset_size, max_images=max_images,
+            cache_real_features=cache_real_features) if fid or kid else None)
+        self.cache_real_features = bool(cache_real_features)
+        self._real_kept = False  # classifier_fid holds the real features of a complete pass
         self._seen = [0, 0]  # samples, real images (this process)
         self._device = torch.device("cpu")
         self.code_to_class: list[int] | None = None
@@ -454,7 +461,7 @@ class GenerativeMetrics(nn.Module):
             self._seen[0] += fake.shape[0]
         if real is not None and real.shape[0]:
             real = real.to(self._device, torch.float32).clamp(-1, 1)
-            if "classifier_fid" in self._metrics:
+            if "classifier_fid" in self._metrics and not self._real_kept:
                 self._metrics["classifier_fid"].update(real, real=True)
             self._seen[1] += real.shape[0]
         if self._inception is not None:
@@ -471,8 +478,12 @@ class GenerativeMetrics(nn.Module):
             counts = {name: metric.compute() for name, metric in self._metrics.items() if name != "classifier_fid"}
         for name, metric in self._metrics.items():
             if name == "classifier_fid":
-                if min(int(metric.real_features_num_samples), int(metric.fake_features_num_samples)) >= 2:
+                n_real = int(metric.real_features_num_samples)
+                if min(n_real, int(metric.fake_features_num_samples)) >= 2:
                     out[name] = float(metric.compute())
+                if self.cache_real_features and n_real >= 2:
+                    self._real_kept = True
+                    metric.reset_real_features = False
                 continue
             if counts[name].sum() == 0:
                 continue
