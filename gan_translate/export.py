@@ -14,8 +14,11 @@ N x C x H x W in [-1, 1], dynamic batch size; the metadata describes each input.
 
 Input: ``N x C x H x W`` float32 in [-1, 1]; output: ``N x output_nc x H x W`` in [-1, 1]. Batch size and
 spatial size are dynamic; H and W must be multiples of the generator's ``size_divisor`` (U-Net:
-2**num_downs, e.g. 64 for unet_64, 256 for unet_256; ResNet: 4), which is stored in the file's metadata
-(ONNX metadata_props / TorchScript extra file ``gan_translate.json``). Pad or resize other sizes first.
+2**num_downs, e.g. 64 for unet_64, 256 for unet_256; ResNet: 4) and at least ``min_size``, both stored in the
+file's metadata (ONNX metadata_props / TorchScript extra file ``gan_translate.json``) with ``direction`` and
+``input_nc``. Pad or resize other sizes first. pix2pixHD on label maps (``data.label_nc`` > 0) takes 1 channel,
+the class ids as an 8-bit grey image (``ids / 127.5 - 1``); its instance-feature encoder models are not
+exportable (their cluster lookup has no ONNX form).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from gan_translate.checkpoint import load_checkpoint, model_from_checkpoint
 from gan_translate.config import CONF_DIR
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.base import CHECKPOINT_KEY
+from gan_translate.networks.pix2pixhd import encode_label_ids
 from gan_translate.translator import Translator
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -96,17 +100,29 @@ def export_generator(
         return export_sampling_network(ckpt_path, format, output, batch_stats, opset)
     translator = Translator.from_checkpoint(ckpt_path, direction=direction, device="cpu")
     generator = translator.generator  # an eval-mode copy without gradients
+    if getattr(generator, "feat_num", 0):
+        raise ValueError(
+            f"{ckpt_path}: a pix2pixHD model with the instance-feature encoder (model.feature_encoder=true) cannot be "
+            "exported: its per-instance cluster lookup (unique/bincount over the regions, a random cluster each) "
+            "has no ONNX or traced form; use gan_translate.predict or Translator on its checkpoint"
+        )
     if batch_stats:
         generator = with_batch_statistics(generator)
     divisor = translator.size_divisor
     size = example_size or translator.train_size or divisor
     size = translator.size_rule.at_least(size)  # the next size the generator can take
-    # Two images: a batch of one lets tracing treat the batch size as a constant.
-    example = torch.zeros(2, translator.input_nc, size, size).uniform_(-1, 1)
+    # Two images: a batch of one lets tracing treat the batch size as a constant. A label-map model's input is
+    # class ids (encoded as an 8-bit grey image), and its generator checks them: the example holds valid ids.
+    example_shape = (2, translator.input_nc, size, size)
+    if translator.label_nc:
+        example = encode_label_ids(torch.randint(0, translator.label_nc, example_shape))
+    else:
+        example = torch.zeros(example_shape).uniform_(-1, 1)
     metadata = {
         "input_nc": translator.input_nc,
         "size_divisor": divisor,
-        "direction": direction or translator.config.get("data", {}).get("direction"),
+        "min_size": translator.size_rule.smallest,
+        "direction": direction or translator.config.get("data", {}).get("direction") or "AtoB",
         "value_range": [-1, 1],
         "normalization": "batch_statistics" if batch_stats else "running_statistics",
         "source_checkpoint": Path(ckpt_path).name,
@@ -117,7 +133,8 @@ def export_generator(
         export_onnx(generator, example, output, metadata, opset)
     else:
         export_torchscript(generator, example, output, metadata)
-    log.info("wrote %s (%s; H and W must be multiples of %d)", output, format, divisor)
+    log.info("wrote %s (%s; H and W must be multiples of %d, at least %d)", output, format, divisor,
+             translator.size_rule.smallest)
     return output
 
 

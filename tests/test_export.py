@@ -96,6 +96,9 @@ def test_cyclegan_resnet_onnx_both_directions(cyclegan_ckpt, tmp_path):
         for x, out in zip(inputs, outputs[direction], strict=True):
             np.testing.assert_allclose(out, translator(x).numpy(), atol=1e-4, rtol=1e-4)
     assert not np.allclose(outputs["AtoB"][0], outputs["BtoA"][0], atol=1e-3)
+    default = export_generator(cyclegan_ckpt, format="onnx", output=tmp_path / "default.onnx")
+    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(default)).metadata_props}
+    assert metadata["direction"] == "AtoB" and metadata["min_size"] == 8  # the generator it holds; its smallest side
 
 
 def test_export_config_drives_the_entry_point(pix2pix_ckpt, tmp_path):

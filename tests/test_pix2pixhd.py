@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -347,6 +348,28 @@ def test_predict_reads_label_maps_as_class_ids_and_names_a_file_that_is_not_one(
         run(inputs, tmp_path / "bad")
 
 
+def test_label_map_model_exports_to_onnx_and_torchscript(stage1, tmp_path):
+    """Export traces with valid class ids (the generator checks them) and the boundary map exports too: the files
+    give the checkpoint's outputs on other label maps and sizes, and their metadata has the smallest side."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from gan_translate.export import export_generator
+
+    translator = Translator.from_checkpoint(stage1, device="cpu")
+    maps = [SyntheticLabelFacades(2, size, "test")[i]["A"][None] for i, size in ((0, 32), (1, 48))]
+    onnx_path = export_generator(stage1, format="onnx", output=tmp_path / "hd.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(export_generator(stage1, format="torchscript", output=tmp_path / "hd.pt")))
+    for x in maps:
+        expected = translator(x)
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected.numpy(), atol=1e-4)
+        torch.testing.assert_close(scripted(x).clamp(-1, 1), expected, atol=1e-5, rtol=1e-5)
+    smallest = json.loads({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["min_size"])
+    assert smallest == 8  # G1 with 2 halvings: a 2 x 2 bottleneck
+    x = encode_label_ids(torch.randint(0, 6, (1, 1, smallest, smallest)))
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], translator(x).numpy(), atol=1e-4)
+
+
 def test_sampling_a_translation_checkpoint_names_the_file(stage1):
     from gan_translate.sampler import Sampler
 
@@ -425,6 +448,11 @@ def test_feature_encoder_clusters_give_different_outputs(tmp_path):
             generator.cluster_choice = choice
             outputs.append(generator(x))
     assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[1], outputs[2])
+    from gan_translate.export import export_generator
+
+    with pytest.raises(ValueError, match=r"last-features\.ckpt: .*feature encoder.*cannot be exported"):
+        export_generator(path, output=tmp_path / "features.onnx")
+    assert not (tmp_path / "features.onnx").exists()
     centres = kmeans(torch.tensor([[0.0], [0.1], [10.0], [10.1]]), 2)
     assert sorted(centres.flatten().tolist()) == pytest.approx([0.05, 10.05])
 

@@ -319,14 +319,11 @@ def one_hot_labels(ids: torch.Tensor, label_nc: int) -> torch.Tensor:
 def boundary_map(regions: torch.Tensor) -> torch.Tensor:
     """1 where a pixel differs from a 4-neighbour (in any channel), else 0: the paper's instance edge map.
     N x C x H x W -> N x 1 x H x W float."""
-    dx = (regions[..., :, 1:] != regions[..., :, :-1]).any(1, keepdim=True)
-    dy = (regions[..., 1:, :] != regions[..., :-1, :]).any(1, keepdim=True)
-    edge = torch.zeros_like(regions[:, :1], dtype=torch.bool)
-    edge[..., :, 1:] |= dx
-    edge[..., :, :-1] |= dx
-    edge[..., 1:, :] |= dy
-    edge[..., :-1, :] |= dy
-    return edge.float()
+    dx = (regions[..., :, 1:] != regions[..., :, :-1]).any(1, keepdim=True).float()
+    dy = (regions[..., 1:, :] != regions[..., :-1, :]).any(1, keepdim=True).float()
+    # Each difference marks the pixels on both of its sides; padding (not in-place |=) keeps it ONNX-exportable.
+    sides = (F.pad(dx, (1, 0)), F.pad(dx, (0, 1)), F.pad(dy, (0, 0, 1, 0)), F.pad(dy, (0, 0, 0, 1)))
+    return torch.stack(sides).amax(0)
 
 
 def region_index(regions: torch.Tensor) -> tuple[torch.Tensor, int]:
