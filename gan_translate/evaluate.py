@@ -74,11 +74,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     metrics.to(translator.device)
 
     source_key, target_key = ("B", "A") if direction == "BtoA" else ("A", "B")
+    # pix2pixHD trained with instance maps gets the split's instance maps, as in validation (predict, with one
+    # file per sample, falls back to the label map's own boundaries).
+    with_instances = bool(getattr(model, "instance", False))
     samples: dict[str, list[torch.Tensor]] = {"source": [], "output": [], "target": []}
     count = 0
+    torch.manual_seed(cfg.seed)  # test-time dropout, pix2pixHD's cluster draws and KID's subsets repeat
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0):
         source, target = batch[source_key], batch[target_key].to(translator.device)
-        output = translator.translate(source)
+        inputs = torch.cat([source, batch["inst"].to(source)], 1) if with_instances and "inst" in batch else source
+        output = translator.translate(inputs)
         metrics.update(output, target)
         count += source.size(0)
         if sum(len(s) for s in samples["source"]) < cfg.num_samples:
@@ -93,6 +98,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
         "data_root": str(data_cfg.get("root")) if data_cfg.get("root") else type(datamodule).__name__,
         "direction": direction or run_config["data"].get("direction", "AtoB"),
         "num_images": count,
+        "seed": cfg.seed,
         "metrics": values,
         "config_hash": config_hash(run_config),
     }
@@ -175,6 +181,7 @@ def evaluate_generated(cfg: DictConfig) -> dict:
             "paired=false compares the folders with FID/KID only, and no FID weights were found: "
             "python -m gan_translate.weights fetch fid, or set metrics.fid_weights"
         )
+    torch.manual_seed(cfg.seed)  # KID's subsets
     values = evaluate_folders(cfg.pred_dir, cfg.target_dir, metrics, batch_size=cfg.batch_size)
     report = {
         "pred_dir": str(Path(cfg.pred_dir).resolve()),

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 from PIL import Image
@@ -60,8 +61,17 @@ def predict(cfg: DictConfig) -> list[Path]:
         compile=cfg.compile,
     )
     files = input_files(cfg.input)
+    by_stem: dict[str, list[str]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path.name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:  # each output is STEM.png: one would overwrite the other
+        raise ValueError(f"predict input {cfg.input}: files share a name and would write the same output PNG: "
+                         + "; ".join(" and ".join(names) for names in clashes[:5]) + "; rename or move them")
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.seed is not None:
+        torch.manual_seed(cfg.seed)  # test-time dropout and pix2pixHD's cluster draws repeat
     written = []
     for path in files:
         if translator.label_nc:  # class ids as stored: the image reader would turn palette indices into colours

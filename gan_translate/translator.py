@@ -100,6 +100,8 @@ class Translator:
         self.input_nc = input_nc
         # pix2pixHD on label maps: inputs are class ids, read as such and never interpolated.
         self.label_nc: int = getattr(generator, "label_nc", 0)
+        # pix2pixHD with instance maps: an instance-map channel may follow the image's channels.
+        self.instance_channels = int(bool(getattr(generator, "instance", False)))
         self.size_divisor = size_divisor or getattr(generator, "size_divisor", 1)
         self.min_size = min_size or getattr(generator, "min_size", 1)
         self.size_rule = SizeRule(self.size_divisor, self.min_size)
@@ -153,8 +155,9 @@ class Translator:
             )
         single = images.dim() == 3
         batch = (images.unsqueeze(0) if single else images).to(self.device, torch.float32)
-        if batch.size(1) != self.input_nc:
-            raise ValueError(f"the model takes {self.input_nc}-channel images, got {batch.size(1)} channels")
+        if batch.size(1) not in (self.input_nc, self.input_nc + self.instance_channels):
+            extra = " (+ 1 instance-map channel)" if self.instance_channels else ""
+            raise ValueError(f"the model takes {self.input_nc}-channel images{extra}, got {batch.size(1)} channels")
         height, width = batch.shape[-2:]
         if batch.numel() == 0:
             raise ValueError(f"cannot translate an empty batch of shape {tuple(batch.shape)}")
@@ -182,10 +185,12 @@ class Translator:
             size = [rule.nearest(height), rule.nearest(width)]
         if size == [height, width]:
             return batch, lambda out: out
-        if self.label_nc:  # blending class ids would invent classes
-            resized = TF.resize(batch, size, interpolation=TF.InterpolationMode.NEAREST)
-        else:
-            resized = TF.resize(batch, size, antialias=True)
+        # Class ids and instance ids are resized with nearest: blending them would invent classes and boundaries.
+        ids_from = 0 if self.label_nc else self.input_nc
+        parts = [TF.resize(batch[:, :ids_from], size, antialias=True)] if ids_from else []
+        if batch.size(1) > ids_from:
+            parts.append(TF.resize(batch[:, ids_from:], size, interpolation=TF.InterpolationMode.NEAREST))
+        resized = torch.cat(parts, 1)
         return resized, lambda out: TF.resize(out, [height, width], antialias=True)
 
     # ----- PIL -----

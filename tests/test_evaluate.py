@@ -115,6 +115,29 @@ def test_evaluate_cli_writes_report(trained_run, tmp_path):
     assert Image.open(output.with_suffix(".png")).width > 0
 
 
+def test_evaluate_seed_repeats_a_report_with_test_time_dropout(tmp_path):
+    """dropout=true is random at test time: the same seed gives the same report, another seed another one."""
+    from gan_translate.evaluate import evaluate
+
+    trained_run = tmp_path / "run"
+    cfg = compose_train(trained_run, ["trainer.max_epochs=1", "metrics=none", "data.size=64"])
+    cfg.generator.num_downs = 6  # a U-Net with dropout in its innermost block
+    train(cfg)
+
+    def scores(seed: int, name: str) -> dict:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=[f"ckpt_path={trained_run}/checkpoints/last.ckpt", "split=val",
+                                                 "dropout=true", f"seed={seed}", "device=cpu", "metrics=none",
+                                                 "+metrics.collection._target_=gan_translate.metrics.TranslationMetrics",
+                                                 f"output={tmp_path / name}"])
+        report = evaluate(cfg)
+        assert report["seed"] == seed
+        return report["metrics"]
+
+    first = scores(0, "a.json")
+    assert scores(0, "b.json") == first and scores(1, "c.json") != first
+
+
 def test_evaluate_folders_cli(tmp_path):
     pred, target = tmp_path / "pred", tmp_path / "target"
     pred.mkdir(), target.mkdir()

@@ -247,6 +247,42 @@ def test_label_folders_keep_ids_under_resizing(tmp_path):
         LabelFoldersDataset(root, "train", label_nc=3, label_suffix="_label")[0]
 
 
+def test_evaluate_feeds_the_splits_instance_maps(tmp_path):
+    """evaluate on a split with instance maps gives the generator those maps, as validation does: here every
+    4 x 4 block is an instance of its own, so same-class neighbours are separated only by the instance map."""
+    from gan_translate.evaluate import evaluate
+
+    root = write_label_folders(tmp_path / "data", "train", size=32)
+    write_label_folders(root, "val", size=32)
+    blocks = np.arange(64, dtype=np.uint16).reshape(8, 8).repeat(4, 0).repeat(4, 1)
+    for path in (root / "val" / "instances").iterdir():
+        Image.fromarray(blocks + 100).save(path)
+    run = tmp_path / "run"
+    data = ["data=label_folders", f"data.root={root}", "data.label_nc=4", "data.instance=true",
+            "data.label_suffix=_label", "data.preprocess=resize_and_crop", "data.load_size=32", "data.crop_size=32",
+            "data.num_workers=0"]
+    train(compose_train(["experiment=demo_pix2pixhd", *data, *TINY_HD[-3:], "generator.ngf=8", "discriminator.ndf=8",
+                         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.num_sanity_val_steps=0",
+                         "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "logger=csv", "metrics=none"], run))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt_path={ckpt}", "split=val", "device=cpu",
+                                             "metrics.collection.fid=false", "metrics.collection.lpips=false",
+                                             f"output={tmp_path / 'report.json'}"])
+    got = evaluate(cfg)["metrics"]["l1"]
+
+    model = model_from_checkpoint(ckpt, expected=Pix2PixHD)
+    generator = model.generator_for().eval()
+    dataset = instantiate(model.run_config["data"]).make_dataset("val", train=False)
+    l1 = {}
+    with torch.no_grad():
+        for name, with_instances in (("instances", True), ("labels only", False)):
+            errors = [(generator(torch.cat([item["A"], item["inst"]])[None] if with_instances else item["A"][None])
+                       .clamp(-1, 1) - item["B"]).abs().mean() / 2 for item in dataset]
+            l1[name] = float(torch.stack(errors).mean())
+    assert got == pytest.approx(l1["instances"], rel=1e-4) and got != pytest.approx(l1["labels only"], rel=1e-4)
+
+
 # ----- training runs -----
 class GlobalProbe(pl.Callback):
     """G1's weights at fit start and at the end of every epoch; the local enhancer's at the end of epoch 0."""

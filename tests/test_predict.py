@@ -160,6 +160,33 @@ def test_predict_empty_input_names_folder(trained, tmp_path):
         predict(predict_cfg(path, tmp_path / "empty", tmp_path / "out"))
 
 
+def test_predict_refuses_inputs_that_would_write_one_output(trained, tmp_path):
+    """x.png and x.jpg both translate to x.png: refused before anything is written, naming both."""
+    _, path = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name, seed in (("x.png", 0), ("x.jpg", 1), ("y.png", 2)):
+        Image.fromarray(random_rgb(32, 32, seed)).save(inputs / name)
+    with pytest.raises(ValueError, match=r"share a name.*x\.jpg and x\.png"):
+        predict(predict_cfg(path, inputs, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_seed_repeats_test_time_dropout(trained, tmp_path):
+    """dropout=true (the paper's test-time noise): the same seed gives the same images, another seed others."""
+    _, path = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(random_rgb(64, 64, 3)).save(inputs / "a.png")
+
+    def run(seed, name):
+        return np.asarray(Image.open(predict(predict_cfg(path, inputs, tmp_path / name, dropout="true",
+                                                         seed=seed))[0])).astype(int)
+
+    first, again, other = run(1, "first"), run(1, "again"), run(2, "other")
+    assert np.array_equal(first, again) and not np.array_equal(first, other)  # a tiny model: small changes
+
+
 def test_batch_stats_leave_running_stats_untouched(trained):
     model, path = trained
     images = torch.rand(4, 3, 64, 64) * 2 - 1
