@@ -133,6 +133,23 @@ def test_sigkill_after_interval_checkpoint_then_resume_matches_uninterrupted_run
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, max |dw|: {different}"
 
 
+def test_run_stopped_by_max_steps_mid_epoch_resumes_that_epoch(tmp_path, uninterrupted):
+    """max_steps=10 stops in the second epoch (8 steps per epoch). Lightning still runs the epoch-end hooks then;
+    last.ckpt must hold the state after step 10, mid-epoch, and a resume without max_steps must train the
+    epoch's remaining batches: the same final weights as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    common = [*overrides("pix2pix", 0, "callbacks.interval_checkpoint=null"), f"resume={run_dir}",
+              f"paths.output_dir={run_dir}"]
+    run_in_process(*common, "trainer.max_steps=10")
+    stopped = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert stopped["global_step"] == 10 and stopped["epoch"] == 1
+    run_in_process(*common)
+    resumed = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 16
+    expected, got = uninterrupted("pix2pix"), resumed["state_dict"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
 def test_loader_position_resumes_with_another_worker_count_and_after_an_epoch_end(monkeypatch):
     """Batches (order, crops/flips, content) are a function of (seed, epoch, position) only: a position saved
     with 2 workers resumes with none, and one saved after an epoch's last batch resumes at the next epoch."""
