@@ -45,6 +45,20 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def split_dataset(cfg: DictConfig, datamodule, data_cfg: DictConfig, what: str = ""):
+    """The split to score. ``split=test`` on data without a test split takes ``val``, as training does (its
+    validation reads val/ or test/); the report names the split used."""
+    dataset = datamodule.make_dataset(cfg.split, train=False)
+    if dataset is None and cfg.split == "test":
+        dataset = datamodule.make_dataset("val", train=False)
+        if dataset is not None:
+            log.warning("no test split under data.root=%s: evaluating split 'val'", data_cfg.get("root"))
+            cfg.split = "val"
+    if dataset is None:
+        raise FileNotFoundError(f"split {cfg.split!r} not found under data.root={data_cfg.get('root')}{what}")
+    return dataset
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     """Metrics of the checkpoint's generator on ``cfg.split``; returns the report and a sample grid."""
     model = model_from_checkpoint(cfg.ckpt_path)
@@ -54,9 +68,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     data_overrides = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
     data_cfg = OmegaConf.merge(run_config["data"], data_overrides)
     datamodule = instantiate(data_cfg)
-    dataset = datamodule.make_dataset(cfg.split, train=False)
-    if dataset is None:
-        raise FileNotFoundError(f"split {cfg.split!r} not found under data.root={data_cfg.get('root')}")
+    dataset = split_dataset(cfg, datamodule, data_cfg)
 
     direction = cfg.direction
     batch_stats = model.test_batch_stats if cfg.batch_stats is None else cfg.batch_stats
@@ -118,10 +130,7 @@ def evaluate_samples(cfg: DictConfig, model: GenerativeGAN) -> tuple[dict, torch
     data_overrides = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
     data_cfg = OmegaConf.merge(run_config["data"], data_overrides)
     datamodule = instantiate(data_cfg)
-    dataset = datamodule.make_dataset(cfg.split, train=False)
-    if dataset is None:
-        raise FileNotFoundError(f"split {cfg.split!r} not found under data.root={data_cfg.get('root')} "
-                                "(the real images the samples are compared with; e.g. split=val)")
+    dataset = split_dataset(cfg, datamodule, data_cfg, " (the real images the samples are compared with)")
     overrides: dict = {}
     if not collection.get("data_root"):
         if not data_cfg.get("root"):
@@ -207,15 +216,16 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError("give either ckpt_path=... or pred_dir=... target_dir=... (exactly one of the two)")
     if cfg.pred_dir and not cfg.target_dir:
         raise ValueError("pred_dir=... needs target_dir=... (the ground-truth images, matched by file name)")
-    output = Path(cfg.output) if cfg.output else default_output(cfg)
     if cfg.ckpt_path:
         report, grid = evaluate_checkpoint(cfg)
+        output = Path(cfg.output) if cfg.output else default_output(cfg)  # after: the split may have become val
         grid_path = output.with_suffix(".png")
         output.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, grid_path)
         report["samples"] = str(grid_path)
     else:
         report = evaluate_generated(cfg)
+        output = Path(cfg.output) if cfg.output else default_output(cfg)
     report["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))

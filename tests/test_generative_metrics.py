@@ -228,9 +228,11 @@ def test_evaluate_cli_scores_cgan_samples_by_their_labels(digits_root, tmp_path,
     monkeypatch.setenv("GAN_TRANSLATE_CACHE", str(tmp_path / "cache"))
     ckpt = tiny_checkpoint(digits_root, tmp_path / "run", "demo_cgan")
     report_path = tmp_path / "cgan.json"
-    run_module("gan_translate.evaluate", f"ckpt_path={ckpt}", "metrics=generative", "split=val", "num_generated=30",
+    # The default split=test: this data has train/ and val/ only, so val is scored, as training validates on it.
+    run_module("gan_translate.evaluate", f"ckpt_path={ckpt}", "metrics=generative", "num_generated=30",
                "num_samples=2", "metrics.collection.classifier_epochs=2", f"output={report_path}", cwd=tmp_path)
     report = json.loads(report_path.read_text())
+    assert report["split"] == "val"
     assert report["model"] == "ConditionalGAN" and report["num_generated"] == 30 and report["num_real"] == 24
     assert set(report["metrics"]) == {"class_accuracy", "classifier_fid"}
     assert 0.0 <= report["metrics"]["class_accuracy"] <= 1.0 and report["metrics"]["classifier_fid"] > 0
@@ -257,8 +259,9 @@ def test_evaluate_infogan_matches_codes_and_dcgan_gets_the_fid_only(digits_root,
     assert set(report["metrics"]) == {"classifier_fid"} and "code_to_class" not in report
     with pytest.raises(ValueError, match="evaluate it with metrics=generative"):
         evaluate(compose_evaluate([f"ckpt_path={dcgan}", "split=val", f"output={tmp_path / 'x.json'}"]))
-    with pytest.raises(FileNotFoundError, match="split 'test' not found.*e.g. split=val"):
-        evaluate(compose_evaluate([f"ckpt_path={dcgan}", "metrics=generative", f"output={tmp_path / 'x.json'}"]))
+    with pytest.raises(FileNotFoundError, match="split 'holdout' not found.*the real images"):
+        evaluate(compose_evaluate([f"ckpt_path={dcgan}", "metrics=generative", "split=holdout",
+                                   f"output={tmp_path / 'x.json'}"]))
 
 
 def test_training_validation_scores_samples_by_label_and_code(digits_root, tmp_path, monkeypatch):

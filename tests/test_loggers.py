@@ -7,7 +7,9 @@ import time
 import pytest
 from _tiny_run import compose_train, tiny_run
 from hydra.utils import instantiate
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+from gan_translate.loggers import ResumableCSVLogger
 
 LOSS_KEYS = ["train/loss_D", "train/loss_G_GAN", "train/loss_G_L1", "val/l1"]
 
@@ -25,10 +27,10 @@ def offline_wandb(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     ("choice", "expected"),
     [
-        ("csv", [CSVLogger]),
-        ("tensorboard", [CSVLogger, TensorBoardLogger]),
-        ("wandb", [CSVLogger, WandbLogger]),
-        ("many", [CSVLogger, TensorBoardLogger, WandbLogger]),
+        ("csv", [ResumableCSVLogger]),
+        ("tensorboard", [ResumableCSVLogger, TensorBoardLogger]),
+        ("wandb", [ResumableCSVLogger, WandbLogger]),
+        ("many", [ResumableCSVLogger, TensorBoardLogger, WandbLogger]),
         ("none", []),
     ],
 )

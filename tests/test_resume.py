@@ -218,3 +218,28 @@ def test_resume_that_extends_the_run_decays_over_the_new_length(tmp_path):
     train(compose_train("trainer.max_epochs=6", "scheduler=linear", "metrics=none", f"resume={run}",
                         f"paths.output_dir={run}"), extra_callbacks=[rates])
     assert rates.rates == pytest.approx({2: 2e-4, 3: 1.5e-4, 4: 1e-4, 5: 0.5e-4})
+
+
+def test_resumed_run_keeps_its_earlier_csv_rows(tmp_path):
+    """resume=RUN continues metrics.csv: Lightning's CSV logger deleted it. A row logged after the checkpoint by
+    the stopped run (here written by hand: the tail of a killed run) is dropped, as that part is trained again."""
+    import csv
+
+    run = tmp_path / "run"
+    settings = ["logger=csv", "trainer.log_every_n_steps=1", "metrics=none", f"paths.output_dir={run}"]
+    train(compose_train("trainer.max_epochs=1", *settings))
+    table = run / "csv" / "metrics.csv"
+    with table.open(newline="") as file:
+        first = list(csv.DictReader(file))
+    last_step = max(int(row["step"]) for row in first)
+    with table.open("a", newline="") as file:
+        file.write(",".join("999" if key == "train/loss_D" else str(last_step + 1) if key == "step" else ""
+                            for key in first[0]) + "\n")
+    train(compose_train("trainer.max_epochs=2", f"resume={run}", *settings))
+    with table.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[: len(first)] == first  # the first run's rows, as they were
+    assert not any(row.get("train/loss_D") == "999" for row in rows)
+    assert {row["epoch"] for row in rows if row.get("val/l1")} == {"0", "1"}
+    train_steps = [int(row["step"]) for row in rows if row.get("train/loss_D")]
+    assert train_steps == sorted(set(train_steps)) and max(train_steps) > last_step
