@@ -96,7 +96,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
         source, target = batch[source_key], batch[target_key].to(translator.device)
         inputs = torch.cat([source, batch["inst"].to(source)], 1) if with_instances and "inst" in batch else source
         output = translator.translate(inputs)
-        metrics.update(output, target)
+        try:
+            metrics.update(output, target)
+        except ValueError as error:  # e.g. images too small for a metric: say which data
+            raise ValueError(f"split {cfg.split!r} of data.root={data_cfg.get('root')}: {error}") from error
         count += source.size(0)
         if sum(len(s) for s in samples["source"]) < cfg.num_samples:
             for name, images in (("source", source), ("output", output), ("target", target)):

@@ -441,6 +441,40 @@ def test_evaluate_folders_empty_or_missing(tmp_path):
         evaluate_folders(tmp_path / "nope", target, TranslationMetrics())
 
 
+def test_smallest_sides_are_those_the_metrics_take(fake_lpips_dir):
+    """MIN_SIDE is exact: SSIM and LPIPS score images of their smallest side, and torch fails one pixel below it,
+    where update now stops first with the metric and the key that switches it off."""
+    from gan_translate.metrics.translation import MIN_SIDE
+
+    for name, kwargs in (("ssim", {"ssim": True}), ("lpips:alex", {"lpips": True, "lpips_weights": str(fake_lpips_dir)})):
+        side = MIN_SIDE[name]
+        metrics = TranslationMetrics(**{"l1": False, "psnr": False, "ssim": False, **kwargs})
+        metrics.update(_images(2, size=side), _images(2, size=side, seed=1))
+        assert all(math.isfinite(v) for v in metrics.compute().values())
+        key = name.split(":")[0]
+        with pytest.raises(ValueError, match=rf"{side - 1}x{side - 1} images are too small: .*{side} px.*"
+                                             rf"metrics\.collection\.{key}=false"):
+            metrics.update(_images(2, size=side - 1), _images(2, size=side - 1))
+        metrics.size_problem = lambda height, width: None  # what torch does without the check
+        with pytest.raises(RuntimeError):
+            metrics.update(_images(2, size=side - 1), _images(2, size=side - 1))
+            metrics.compute()
+
+
+def test_evaluate_folders_names_an_image_too_small_before_scoring(tmp_path):
+    pred, target = tmp_path / "pred", tmp_path / "target"
+    pred.mkdir()
+    target.mkdir()
+    for name, size in (("a", (16, 16)), ("b", (1, 1)), ("c", (16, 16))):
+        _write_png(pred / f"{name}.png", 100, size)
+        _write_png(target / f"{name}.png", 120, size)
+    metrics = TranslationMetrics()
+    with pytest.raises(ValueError, match=r"prediction .*b\.png: 1x1 images are too small: ssim needs at least 6"):
+        evaluate_folders(pred, target, metrics)
+    assert metrics._seen == [0, 0]  # nothing scored
+    assert evaluate_folders(pred, target, TranslationMetrics(ssim=False))["num_images"] == 3
+
+
 # ---------------------------------------------------------------------------------------------- Hydra configs
 
 

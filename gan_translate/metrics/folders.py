@@ -93,10 +93,18 @@ def evaluate_folders(
             msg.append(f"{len(only_target)} without prediction: {_names(only_target)}")
         raise ValueError(" ".join(msg))
 
+    stems = sorted(preds)
+    for stem in stems:  # before scoring anything: header reads only (an unreadable file is reported when read)
+        try:
+            with Image.open(preds[stem]) as image:
+                problem = metrics.size_problem(image.height, image.width)
+        except OSError:
+            continue
+        if problem:
+            raise ValueError(f"prediction {preds[stem]}: {problem}")
     if device is not None:
         metrics.to(device)
     metrics.reset()
-    stems = sorted(preds)
     for chunk in _batches(stems, batch_size):
         fakes = [load_image(preds[s]) for s in chunk]
         reals = [

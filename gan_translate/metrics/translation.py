@@ -201,6 +201,7 @@ class TranslationMetrics(nn.Module):
         if feature_extractor is not None and not isinstance(feature_extractor, nn.Module):
             raise TypeError(f"feature_extractor must be an nn.Module, got {type(feature_extractor).__name__}")
         self.paired = bool(paired)
+        self.lpips_net = lpips_net
         self.max_images = max_images
         self.kid_subset_size = int(kid_subset_size)
         self._device = torch.device("cpu")
@@ -304,6 +305,15 @@ class TranslationMetrics(nn.Module):
         left = max(self.max_images - self._seen[side], 0)
         return x[:left]
 
+    def size_problem(self, height: int, width: int) -> str | None:
+        """Why the paired metrics cannot score ``height`` x ``width`` images (each has a smallest side below which
+        it fails inside torch), naming the key that switches each off; None when they can."""
+        sides = {"ssim": ("ssim", MIN_SIDE["ssim"]),
+                 "lpips": (f"lpips ({self.lpips_net})", MIN_SIDE.get(f"lpips:{self.lpips_net}", 1))}
+        short = [f"{label} needs at least {side} px a side (metrics.collection.{key}=false leaves it out)"
+                 for key, (label, side) in sides.items() if key in self._metrics and min(height, width) < side]
+        return f"{height}x{width} images are too small: {'; '.join(short)}" if short else None
+
     @torch.no_grad()
     def update(self, fake: Tensor, real: Tensor) -> None:
         """Accumulate a batch. ``fake``: generator outputs, ``real``: targets (paired) or target-domain samples."""
@@ -316,6 +326,8 @@ class TranslationMetrics(nn.Module):
             raise ValueError(
                 f"paired metrics need fake and real of the same shape, got {tuple(fake.shape)} and {tuple(real.shape)}"
             )
+        if self.paired and fake.shape[0] and (problem := self.size_problem(*fake.shape[-2:])):
+            raise ValueError(problem)
         fake = self._take(fake.detach(), 0).to(self._device, torch.float32).clamp(-1.0, 1.0)
         real = self._take(real.detach(), 1).to(self._device, torch.float32).clamp(-1.0, 1.0)
         n_fake, n_real = fake.shape[0], real.shape[0]
@@ -403,6 +415,11 @@ class TranslationMetrics(nn.Module):
     def forward(self, fake: Tensor, real: Tensor) -> None:
         """Same as :meth:`update` (no per-batch values are returned)."""
         self.update(fake, real)
+
+
+# The smallest image side (px) each paired metric takes. SSIM: its 11 x 11 window, reflection-padded by 5. LPIPS: the
+# downsampling of its backbone (AlexNet: a stride-4 11 x 11 conv and 3 max pools; VGG16: 4 max pools).
+MIN_SIDE = {"ssim": 6, "lpips:alex": 31, "lpips:vgg": 16}
 
 
 def _shape(x: object) -> str:
