@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
@@ -53,17 +54,25 @@ class Sampler:
 
     @torch.no_grad()
     def __call__(self, n: int = 16, labels=None, seed: int | None = None) -> torch.Tensor:
-        """``n`` images, N x C x H x W in [-1, 1] on the CPU; ``seed`` makes them reproducible."""
+        """``n`` images, N x C x H x W in [-1, 1] on the CPU. With a ``seed``, sample ``i`` depends only on the seed,
+        ``i`` and its label: the same whatever ``n`` and ``batch_size`` (the first 10 of 20 are the 10 of n=10)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
         labels = self.model.labels(n, labels)  # checks the labels and expands None / an int to n values
+        if seed is None:
+            latent = self.model.latent(n, labels)
+        else:  # one generator per sample, seeded from (seed, i) by numpy's SeedSequence (stable across versions)
+            seeds = np.random.SeedSequence(seed % 2**64).spawn(n)
+            parts = [self.model.latent(1, None if labels is None else labels[i : i + 1],
+                                       torch.Generator().manual_seed(int(seeds[i].generate_state(1, np.uint64)[0])))
+                     for i in range(n)]
+            latent = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
         chunks = []
         with self.model.evaluating():
+            network = self.model.sampling_network()
             for start in range(0, n, self.batch_size):
-                size = min(self.batch_size, n - start)
-                part = None if labels is None else labels[start : start + size]
-                chunks.append(self.model.sample(size, part, generator).float().clamp(-1, 1).cpu())
+                batch = [value[start : start + self.batch_size] for value in latent.values()]
+                chunks.append(network(*batch).float().clamp(-1, 1).cpu())
         return torch.cat(chunks)
 
     def grid(self, n: int = 64, labels=None, seed: int | None = None, nrow: int | None = None) -> Image.Image:
