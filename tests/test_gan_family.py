@@ -280,3 +280,8 @@ def test_synthetic_classes_deterministic_and_balanced():
     assert torch.equal(first["image"], again["image"]) and first["image"].shape == (3, 16, 16)
     assert [data.train_set[i]["label"] for i in range(20)] == [i % 10 for i in range(20)]
     assert not torch.equal(data.train_set[3]["image"], data.val_set[3]["image"])  # splits differ
+
+
+def test_cgan_names_its_own_sample_key(tmp_path):
+    with pytest.raises(Exception, match=r"model\.samples_per_class must be >= 1, got 0"):  # in Hydra's error
+        build_model(compose_train(tiny("cgan", "model.samples_per_class=0"), tmp_path))

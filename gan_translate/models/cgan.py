@@ -42,6 +42,8 @@ class ConditionalGAN(GenerativeGAN):
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"model.num_classes must be >= 2 for a conditional GAN, got {num_classes}")
+        if samples_per_class < 1:  # checked here: the base class would name its own num_samples
+            raise ValueError(f"model.samples_per_class must be >= 1, got {samples_per_class}")
         super().__init__(optimizer, scheduler, image_size=image_size, channels=channels, num_classes=num_classes,
                          num_samples=samples_per_class, **kwargs)
         self.latent_dim = latent_dim
