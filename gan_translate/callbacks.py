@@ -63,11 +63,7 @@ class SampleGrid(pl.Callback):
             grid = sample_grid(visuals)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.dirpath / f"epoch_{epoch:04d}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="samples", images=[grid], caption=[" | ".join(visuals)])
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, global_step=epoch)
+        send_image(trainer, "samples", grid, " | ".join(visuals))
 
 
 HISTORY_PREFIX = "history/"
@@ -212,7 +208,8 @@ def send_image(trainer, key: str, image: torch.Tensor, caption: str | None = Non
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[image], caption=[caption or key])
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(key, image, global_step=trainer.current_epoch)
+            # The step axis of the scalars, which Lightning logs at the count of batches (not of optimizer steps).
+            logger.experiment.add_image(key, image, global_step=trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
 class ModelFigures(pl.Callback):

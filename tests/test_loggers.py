@@ -73,6 +73,9 @@ def test_many_loggers_write_their_files(tmp_path, offline_wandb):
     accumulator.Reload()
     assert set(LOSS_KEYS) <= set(accumulator.Tags()["scalars"])
     assert "samples" in accumulator.Tags()["images"]
+    # Pictures on the scalars' step axis: the sample grid after the epoch's validation, at its last logged step.
+    last_scalar_step = max(event.step for event in accumulator.Scalars(LOSS_KEYS[0]))
+    assert [image.step for image in accumulator.Images("samples")][-1] >= last_scalar_step > 0
 
     # The .wandb file is W&B's protobuf log: the logged keys, the config and the image key are in it.
     record = _wandb_record(tmp_path, *LOSS_KEYS, "lr-generator", "samples", "lambda_l1")
