@@ -46,11 +46,12 @@ class ResumableCSVLogger(CSVLogger):
 
     @staticmethod
     def _write(writer, keys: list[str], rows: list[dict[str, str]]) -> None:
+        # Sorted, as Lightning's writer keeps its keys: later rows are appended in this column order.
+        writer.metrics_keys = sorted(keys)
         with open(writer.metrics_file_path, "w", newline="") as file:
-            table = csv.DictWriter(file, fieldnames=keys)
+            table = csv.DictWriter(file, fieldnames=writer.metrics_keys)
             table.writeheader()
             table.writerows(rows)
-        writer.metrics_keys = sorted(keys)  # new keys are added to these; the file is rewritten with them all
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -58,6 +59,6 @@ class ResumableCSVLogger(CSVLogger):
         if self._earlier_rows is not None and step is not None:
             kept = [row for row in self._earlier_rows if not row.get("step") or int(float(row["step"])) < step]
             if len(kept) < len(self._earlier_rows):
-                self._write(writer, list(writer.metrics_keys), kept)
+                self._write(writer, writer.metrics_keys, kept)
             self._earlier_rows = None
         super().log_metrics(metrics, step)
