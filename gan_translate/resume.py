@@ -167,9 +167,10 @@ class LastCheckpoint(ModelCheckpoint):
                          enable_version_counter=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """``trainer.max_steps`` reached inside an epoch: the run's final state is saved here, mid-epoch (as an
-        interval checkpoint is), so that a resume with a larger max_steps or without it continues this epoch."""
-        cut_short = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+        """A run that stops inside an epoch (``trainer.max_steps`` reached, or ``trainer.should_stop`` set by
+        ``max_time``'s Timer or another callback, which Lightning runs before checkpoint callbacks): its final state
+        is saved here, mid-epoch (as an interval checkpoint is), so that a resume continues this epoch."""
+        cut_short = trainer.should_stop or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps)
         if cut_short and batch_idx + 1 < trainer.num_training_batches and not self._should_skip_saving_checkpoint(
                 trainer):
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -177,15 +178,15 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Lightning runs the epoch-end hooks also for an epoch that max_steps or max_time cut short, and a
         checkpoint written then reads "epoch done": a resume from it would skip the epoch's remaining batches.
-        Such an epoch keeps the mid-epoch save above (max_steps) or the last earlier checkpoint (max_time)."""
+        Such an epoch keeps the mid-epoch save above."""
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         """A run whose last epoch is not a multiple of ``every_n_epochs`` still ends with its final weights in
         last.ckpt ("last" is the last state, whatever the interval). Only at an epoch's end: a run stopped in the
-        middle of one (max_steps, max_time, a signal) keeps its mid-epoch save (max_steps) or the last
-        epoch-boundary or interval checkpoint, from which a resume is exact."""
+        middle of one keeps its mid-epoch save (max_steps, max_time) or, killed, the last epoch-boundary or interval
+        checkpoint, from which a resume is exact."""
         super().on_train_end(trainer, pl_module)
         ended_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if ended_epoch and not self._should_skip_saving_checkpoint(trainer):

@@ -133,14 +133,29 @@ def test_sigkill_after_interval_checkpoint_then_resume_matches_uninterrupted_run
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, max |dw|: {different}"
 
 
-def test_run_stopped_by_max_steps_mid_epoch_resumes_that_epoch(tmp_path, uninterrupted):
-    """max_steps=10 stops in the second epoch (8 steps per epoch). Lightning still runs the epoch-end hooks then;
-    last.ckpt must hold the state after step 10, mid-epoch, and a resume without max_steps must train the
-    epoch's remaining batches: the same final weights as the uninterrupted run."""
+class StopAt(pl.Callback):
+    """Sets ``trainer.should_stop`` after optimizer step ``step``, as max_time's Timer does when time is up."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
+def test_run_stopped_mid_epoch_resumes_that_epoch(tmp_path, uninterrupted, stop):
+    """max_steps=10 (or should_stop, as max_time sets it) stops in the second epoch (8 steps per epoch). Lightning
+    still runs the epoch-end hooks then; last.ckpt must hold the state after step 10, mid-epoch, and a resume must
+    train the epoch's remaining batches: the same final weights as the uninterrupted run."""
     run_dir = tmp_path / "run"
     common = [*overrides("pix2pix", 0, "callbacks.interval_checkpoint=null"), f"resume={run_dir}",
               f"paths.output_dir={run_dir}"]
-    run_in_process(*common, "trainer.max_steps=10")
+    if stop == "max_steps":
+        run_in_process(*common, "trainer.max_steps=10")
+    else:
+        run_in_process(*common, extra_callbacks=[StopAt(10)])
     stopped = torch.load(run_dir / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert stopped["global_step"] == 10 and stopped["epoch"] == 1
     run_in_process(*common)
