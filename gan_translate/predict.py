@@ -20,7 +20,7 @@ from PIL import Image
 
 from gan_translate.config import CONF_DIR
 from gan_translate.data.datasets import IMAGE_EXTENSIONS, list_images, read_image
-from gan_translate.data.labels import read_map
+from gan_translate.data.labels import files_by_stem, read_instance_map, read_map
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.translator import Translator
 
@@ -49,6 +49,28 @@ def source_half(image: Image.Image, translator: Translator, pairs: str | bool) -
     return right if data.get("direction") == "BtoA" else left
 
 
+def matching_instance_maps(cfg: DictConfig, files: list[Path], translator: Translator) -> dict[Path, Path] | None:
+    """pix2pixHD with ``instances=DIR``: each input's instance map, matched by name after dropping
+    ``label_suffix`` / ``instance_suffix`` (as ``data=label_folders`` matches them); every one must exist."""
+    if not cfg.get("instances"):
+        return None
+    if not translator.instance_channels:
+        raise ValueError(f"instances={cfg.instances}: this model was trained without instance maps "
+                         "(data.instance=false); leave instances out")
+    maps = files_by_stem(Path(cfg.instances), cfg.instance_suffix, "predict instance maps")
+    suffix = cfg.label_suffix
+
+    def key(path: Path) -> str:
+        return path.stem[: -len(suffix)] if suffix and path.stem.endswith(suffix) else path.stem
+
+    missing = [path.name for path in files if key(path) not in maps]
+    if missing:
+        raise ValueError(f"instances={cfg.instances} has no instance map for {', '.join(missing[:5])}"
+                         f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} (matched by name after "
+                         f"label_suffix={suffix!r}, instance_suffix={cfg.instance_suffix!r})")
+    return {path: maps[key(path)] for path in files}
+
+
 def predict(cfg: DictConfig) -> list[Path]:
     translator = Translator.from_checkpoint(
         cfg.ckpt_path,
@@ -61,13 +83,14 @@ def predict(cfg: DictConfig) -> list[Path]:
         compile=cfg.compile,
     )
     files = input_files(cfg.input)
-    by_stem: dict[str, list[str]] = {}
+    names_of: dict[str, list[str]] = {}
     for path in files:
-        by_stem.setdefault(path.stem, []).append(path.name)
-    clashes = [names for names in by_stem.values() if len(names) > 1]
+        names_of.setdefault(path.stem, []).append(path.name)
+    clashes = [names for names in names_of.values() if len(names) > 1]
     if clashes:  # each output is STEM.png: one would overwrite the other
         raise ValueError(f"predict input {cfg.input}: files share a name and would write the same output PNG: "
                          + "; ".join(" and ".join(names) for names in clashes[:5]) + "; rename or move them")
+    instance_maps = matching_instance_maps(cfg, files, translator)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.seed is not None:
@@ -79,7 +102,16 @@ def predict(cfg: DictConfig) -> list[Path]:
         else:
             image = source_half(read_image(path), translator, cfg.pairs)
         try:
-            output = translator(image)
+            if instance_maps is None:
+                output = translator(image)
+            else:
+                source = translator.to_tensor(image)
+                instances = read_instance_map(instance_maps[path]).float()
+                if instances.shape[-2:] != source.shape[-2:]:
+                    raise ValueError(f"its instance map {instance_maps[path].name} is "
+                                     f"{instances.shape[-1]}x{instances.shape[-2]}, the image "
+                                     f"{source.shape[-1]}x{source.shape[-2]}")
+                output = translator.to_pil(translator.translate(torch.cat([source, instances])))
         except ValueError as error:  # name the file; the outputs written so far stay
             raise ValueError(f"predict input {path}: {error}") from error
         target = output_dir / f"{path.stem}.png"

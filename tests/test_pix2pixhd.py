@@ -282,6 +282,23 @@ def test_evaluate_feeds_the_splits_instance_maps(tmp_path):
             l1[name] = float(torch.stack(errors).mean())
     assert got == pytest.approx(l1["instances"], rel=1e-4) and got != pytest.approx(l1["labels only"], rel=1e-4)
 
+    # predict gets them from a folder, matched by name after the suffixes; without them, other outputs.
+    def run(output: Path, *extra: str) -> list[Path]:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return predict(compose("predict", overrides=[f"ckpt_path={ckpt}", f"input={root / 'val' / 'labels'}",
+                                                         f"output_dir={output}", "device=cpu", *extra]))
+
+    written = run(tmp_path / "with", f"instances={root / 'val' / 'instances'}", "label_suffix=_label")
+    without = run(tmp_path / "without")
+    with torch.no_grad():
+        for path, plain, item in zip(written, without, dataset, strict=True):
+            expected = (generator(torch.cat([item["A"], item["inst"]])[None])[0].clamp(-1, 1) + 1) * 127.5
+            saved = torch.from_numpy(np.asarray(Image.open(path))).permute(2, 0, 1).float()
+            assert (saved - expected).abs().max() <= 0.55
+            assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(path)))
+    with pytest.raises(ValueError, match=r"no instance map for x0_label\.png, x1_label\.png.*label_suffix=''"):
+        run(tmp_path / "unmatched", f"instances={root / 'val' / 'instances'}")
+
 
 # ----- training runs -----
 class GlobalProbe(pl.Callback):

@@ -170,6 +170,9 @@ def test_predict_refuses_inputs_that_would_write_one_output(trained, tmp_path):
     with pytest.raises(ValueError, match=r"share a name.*x\.jpg and x\.png"):
         predict(predict_cfg(path, inputs, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    (inputs / "x.jpg").unlink()
+    with pytest.raises(ValueError, match="trained without instance maps"):  # pix2pixHD's option, named
+        predict(predict_cfg(path, inputs, tmp_path / "out", instances=str(inputs)))
 
 
 def test_predict_seed_repeats_test_time_dropout(trained, tmp_path):

@@ -110,7 +110,7 @@ def _no_device_cache(kwargs: dict) -> None:
                         "are not supported: leave data.device_cache=false")
 
 
-def _by_stem(folder: Path, suffix: str, what: str) -> dict[str, Path]:
+def files_by_stem(folder: Path, suffix: str, what: str) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in list_images(folder, what=what):
         stem = path.stem[: -len(suffix)] if suffix and path.stem.endswith(suffix) else path.stem
@@ -142,8 +142,8 @@ class LabelFoldersDataset(Dataset):
         if not 0 <= label_nc <= MAX_LABEL_NC:
             raise DataError(f"data.label_nc must be in 0..{MAX_LABEL_NC} (label maps are 8-bit), got {label_nc}")
         folder = Path(root) / split
-        labels = _by_stem(folder / label_dir, label_suffix, f"{split} label maps")
-        images = _by_stem(folder / image_dir, image_suffix, f"{split} images")
+        labels = files_by_stem(folder / label_dir, label_suffix, f"{split} label maps")
+        images = files_by_stem(folder / image_dir, image_suffix, f"{split} images")
         folders = [(labels, label_dir), (images, image_dir)]
         instances = None
         if instance:
@@ -152,7 +152,7 @@ class LabelFoldersDataset(Dataset):
                     f"data.instance=true but {folder / instance_dir} does not exist; set data.instance=false "
                     "to train without instance maps"
                 )
-            instances = _by_stem(folder / instance_dir, instance_suffix, f"{split} instance maps")
+            instances = files_by_stem(folder / instance_dir, instance_suffix, f"{split} instance maps")
             folders.append((instances, instance_dir))
         names = set(labels)
         for files, _ in folders[1:]:
