@@ -49,6 +49,20 @@ def test_corrupt_file_fails_at_construction(aligned_root):
         AlignedDataset(aligned_root, "train")
 
 
+def test_corrupt_file_in_a_cyclegan_domain_fails_at_construction(tmp_path):
+    """As for the aligned layout: before training, naming the file; on_bad_image=skip leaves it to the reads."""
+    for domain in ("trainA", "trainB"):
+        (tmp_path / domain).mkdir()
+        for i in range(2):
+            Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(tmp_path / domain / f"{i}.png")
+    (tmp_path / "trainB" / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"trainB/bad\.png"):
+        UnalignedDataset(tmp_path, "train")
+    datamodule = UnalignedDataModule(root=str(tmp_path), preprocess="none", num_workers=0, on_bad_image="skip")
+    datamodule.setup("fit")
+    assert len(datamodule.train_set) == 3
+
+
 def test_skip_mode_replaces_bad_items_and_counts_them(aligned_root):
     truncate(aligned_root / "train/1.jpg")
     truncate(aligned_root / "train/3.jpg")

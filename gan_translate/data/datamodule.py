@@ -104,7 +104,8 @@ class TranslationDataModule(pl.LightningDataModule):
         if stage in ("fit", None) and self.train_set is None:
             self.train_set = self.make_dataset("train", train=True)
             if self.train_set is None:
-                raise DataError(f"{type(self).__name__}: no training split found")
+                where = f" under data.root={self.root}" if getattr(self, "root", None) else ""
+                raise DataError(f"{type(self).__name__}: no training split found{where}")
         if stage in ("fit", "validate", None) and self.val_set is None:
             self.val_set = self.make_dataset("val", train=False)
             if self.val_set is None:
@@ -213,7 +214,8 @@ class UnalignedDataModule(TranslationDataModule):
         transform = self.transform(train)
         # Evaluation pairs A and B in order so that runs are reproducible.
         return UnalignedDataset(
-            self.root, split, self.input_nc, self.output_nc, transform, transform, self.serial or not train
+            self.root, split, self.input_nc, self.output_nc, transform, transform, self.serial or not train,
+            check_files=self.on_bad_image == "raise",  # skip: bad files are skipped when read
         )
 
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 # The one image reader (gan_translate.data.images); re-exported here, where predict and the tools import it.
-from gan_translate.data.images import DataError, convert, image_mode, image_size, read_image  # noqa: F401
+from gan_translate.data.images import DataError, check_readable, convert, image_mode, image_size, read_image  # noqa: F401
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -195,9 +195,12 @@ class UnalignedDataset(Dataset):
         transform_a: Callable | None = None,
         transform_b: Callable | None = None,
         serial: bool = False,
+        check_files: bool = True,
     ) -> None:
         self.files_a = list_images(Path(root) / f"{split}A", what=f"CycleGAN domain A ({split}A)")
         self.files_b = list_images(Path(root) / f"{split}B", what=f"CycleGAN domain B ({split}B)")
+        if check_files:  # headers up front, as for the aligned layout: a bad file fails before training
+            check_readable(self.files_a + self.files_b)
         self.input_nc, self.output_nc = input_nc, output_nc
         self.transform_a, self.transform_b = transform_a, transform_b
         self.serial = serial
