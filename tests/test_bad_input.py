@@ -63,6 +63,18 @@ def test_corrupt_file_in_a_cyclegan_domain_fails_at_construction(tmp_path):
     assert len(datamodule.train_set) == 3
 
 
+def test_a_batch_of_files_of_different_sizes_names_them_and_the_keys(tmp_path):
+    """preprocess=none keeps each file's size: a batch that mixes sizes says so (torch.stack's error named none)."""
+    for domain in ("trainA", "trainB", "valA", "valB"):
+        (tmp_path / domain).mkdir()
+        for i, side in enumerate((40, 24, 40)):
+            Image.new("RGB", (side, side), (40 * i, 80, 120)).save(tmp_path / domain / f"{i}.png")
+    datamodule = UnalignedDataModule(root=str(tmp_path), preprocess="none", num_workers=0, val_batch_size=3)
+    datamodule.setup("fit")
+    with pytest.raises(DataError, match=r"different sizes \(0: 40x40, 1: 24x24, 2: 40x40\).*data\.batch_size=1"):
+        next(iter(datamodule.val_dataloader()))
+
+
 def test_skip_mode_replaces_bad_items_and_counts_them(aligned_root):
     truncate(aligned_root / "train/1.jpg")
     truncate(aligned_root / "train/3.jpg")

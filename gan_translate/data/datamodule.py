@@ -8,11 +8,12 @@ says so (a warning), since metrics and checkpoint selection then see the test sp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import tv_tensors
 
 from gan_translate.data.datasets import (
@@ -130,7 +131,7 @@ class TranslationDataModule(pl.LightningDataModule):
         if dataset is None:
             return []
         workers = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                   "persistent_workers": self.persistent_workers}
+                   "persistent_workers": self.persistent_workers, "collate_fn": collate_one_size}
         if shuffle:  # training: its position is saved in checkpoints (exact mid-epoch resume)
             return resumable_loader(dataset, batch_size, self.trainer, drop_last=self.drop_last, **workers)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **workers)
@@ -150,6 +151,25 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.test_set, self.val_batch_size, shuffle=False)
+
+
+def collate_one_size(items: list) -> Any:
+    """torch's default collate, with a DataError naming the items and the keys when a batch mixes image sizes
+    (files kept at their own size by data.preprocess=none or scale_width) instead of torch.stack's own error."""
+    try:
+        return default_collate(items)
+    except RuntimeError as error:
+        if "stack expects each tensor to be equal size" not in str(error) or not isinstance(items[0], dict):
+            raise
+        images = [next((v for v in item.values() if isinstance(v, torch.Tensor) and v.ndim == 3), None)
+                  for item in items[:8]]
+        sizes = ", ".join(f"{item.get('name', i)}: {image.shape[-1]}x{image.shape[-2]}"
+                          for i, (item, image) in enumerate(zip(items, images, strict=False)) if image is not None)
+        raise DataError(
+            f"a batch of {len(items)} holds images of different sizes ({sizes}): the files keep their own sizes "
+            "(data.preprocess=none or scale_width); use data.batch_size=1 (and data.val_batch_size=1), or crop to one "
+            "size with data.preprocess=resize_and_crop"
+        ) from error
 
 
 def _require_root(root: str | Path | None) -> Path:
