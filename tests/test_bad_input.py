@@ -115,8 +115,17 @@ def test_image_smaller_than_crop_names_the_file(tmp_path):
         (tmp_path / f"train{domain}").mkdir()
         Image.new("RGB", (20, 20)).save(tmp_path / f"train{domain}/small_{domain}.png")
     dataset = UnalignedDataset(tmp_path, "train", transform_a=build_transform("crop", crop_size=32))
-    with pytest.raises(DataError, match=r"small_A\.png \(20x20\).*resize_and_crop"):
+    with pytest.raises(DataError, match=r"small_A\.png \(20x20\).*resize_and_crop") as error:
         dataset[0]
+    assert ".." not in str(error.value) and ".;" not in str(error.value)
+    # scale_width_and_crop already upscales: its advice is about the height a wide image gets, not the mode.
+    Image.new("RGB", (80, 20)).save(tmp_path / "trainA/small_A.png")
+    wide = UnalignedDataset(tmp_path, "train", transform_a=build_transform("scale_width_and_crop", 40, 32))
+    with pytest.raises(DataError, match=r"small_A\.png \(80x20\)") as error:
+        wide[0]
+    message = str(error.value)
+    assert "data.load_size=40" in message and "larger data.load_size" in message
+    assert "use data.preprocess=resize_and_crop or scale_width_and_crop" not in message
     # resize_and_crop upscales first: documented as the way to use small images
     upscaled = UnalignedDataset(tmp_path, "train", transform_a=build_transform("resize_and_crop", 36, 32))
     assert upscaled[0]["A"].shape[-2:] == (32, 32)

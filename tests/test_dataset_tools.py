@@ -121,6 +121,68 @@ def test_clear_errors(tmp_path):
         tools.parse_size("12xfoo")
 
 
+def truncated_jpeg(path: Path, size=(64, 64)) -> Path:
+    """A JPEG cut in half: its header reads, decoding fails (what an interrupted copy leaves)."""
+    noise = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)  # data much larger than the header
+    Image.fromarray(noise).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("tool", ["combine", "edges", "colorization"])
+def test_undecodable_file_leaves_no_partial_output(tmp_path, tool):
+    """A truncated JPEG passes the header check and fails on decoding: every bad file is named, nothing is
+    written (before, the pairs decoded so far stayed and the rerun was refused as 'output folder not empty')."""
+    photos, b, out = tmp_path / "photos", tmp_path / "B", tmp_path / "out"
+    for name in ("a1", "a2", "z9"):
+        rectangle_photo(photos / f"{name}.png")
+        solid(b / f"{name}.png", (0, 0, 255), size=(64, 64))
+    truncated_jpeg(photos / "m5.jpg")
+    truncated_jpeg(photos / "m6.jpg")
+    solid(b / "m5.png", (0, 0, 255), size=(64, 64))
+    solid(b / "m6.png", (0, 0, 255), size=(64, 64))
+
+    def build(overwrite=False):
+        if tool == "combine":
+            return tools.combine_folders(photos, b, out, overwrite=overwrite, log=None)
+        make = tools.make_edges_dataset if tool == "edges" else tools.make_colorization_dataset
+        return make(photos, out, size=32, val_fraction=0.2, test_fraction=0.2, overwrite=overwrite, log=None)
+
+    with pytest.raises(tools.DatasetToolError, match=r"2 image\(s\) could not be decoded.*m5\.jpg.*m6\.jpg"):
+        build()
+    assert not out.exists()  # not even an empty folder or the staging folder
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "keep.png").write_bytes(b"earlier work")
+    with pytest.raises(tools.DatasetToolError, match="could not be decoded"):
+        build(overwrite=True)
+    assert sorted(p.name for p in out.rglob("*")) == ["keep.png", "train"]  # the earlier folder is untouched
+
+    (out / "train" / "keep.png").unlink()
+    for name in ("m5", "m6"):
+        (photos / f"{name}.jpg").unlink()
+        rectangle_photo(photos / f"{name}.png")
+    report = build()  # the rerun needs no cleanup
+    assert report.total == 5
+    assert sorted(p.stem for p in out.rglob("*.png")) == ["a1", "a2", "m5", "m6", "z9"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_output_folder_that_is_an_input_is_refused(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    solid(a / "x.png", (255, 0, 0))
+    solid(b / "x.png", (0, 0, 255))
+    for out, split, source in ((tmp_path, "A", a), (tmp_path / "B" / ".." / "", "B", b)):
+        with pytest.raises(tools.DatasetToolError, match=f"is the input folder {source}"):
+            tools.combine_folders(a, b, out, split=split, overwrite=True, log=None)
+    assert np.asarray(Image.open(a / "x.png")).tolist() == np.asarray(Image.new("RGB", (32, 32), (255, 0, 0))).tolist()
+    photos = tmp_path / "data" / "train"
+    rectangle_photo(photos / "p.png")
+    with pytest.raises(tools.DatasetToolError, match="is the input folder"):
+        tools.make_edges_dataset(photos, tmp_path / "data", test_fraction=0, val_fraction=0, overwrite=True, log=None)
+    assert Image.open(photos / "p.png").size == (64, 64)  # the photo was not replaced by a pair
+
+
 # ---------------------------------------------------------------------------------------------- edges / colorization
 
 

@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 
 # The one image reader (gan_translate.data.images); re-exported here, where predict and the tools import it.
 from gan_translate.data.images import DataError, check_readable, convert, image_mode, image_size, read_image  # noqa: F401
+from gan_translate.data.transforms import crop_advice
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -61,9 +62,10 @@ def transformed(transform: Callable | None, path: Path, *images):
     try:
         return transform(*images)
     except ValueError as error:
+        # The mode's own advice where build_transform made the pipeline; a user's transform gets the general one.
+        advice = getattr(transform, "advice", None) or crop_advice(None)
         raise DataError(
-            f"{path} ({images[0].shape[-1]}x{images[0].shape[-2]}): {error}. Smaller images than crop_size "
-            "need preprocess=resize_and_crop or scale_width_and_crop (which upscale), or a smaller data.crop_size"
+            f"{path} ({images[0].shape[-1]}x{images[0].shape[-2]}): {str(error).rstrip('.')}; {advice}"
         ) from error
 
 

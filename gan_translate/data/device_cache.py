@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from gan_translate.data.datasets import DataError, SkipBadImages, UnalignedDataset
-from gan_translate.data.transforms import MakeDivisible, ScaleWidth
+from gan_translate.data.transforms import MakeDivisible, ScaleWidth, crop_advice
 
 if TYPE_CHECKING:
     from gan_translate.data.datamodule import TranslationDataModule
@@ -151,7 +151,8 @@ class DeviceCache:
         """Decode ``datamodule``'s training split through the deterministic part of its training transform."""
         train_set = datamodule.train_set
         base = train_set.dataset if isinstance(train_set, SkipBadImages) else train_set
-        prefix, steps, per_value = split_transform(datamodule.transform(train=True))
+        transform = datamodule.transform(train=True)
+        prefix, steps, per_value = split_transform(transform)
         if isinstance(base, UnalignedDataset):
             sizes, random_b = (len(base.files_a), len(base.files_b)), not base.serial
         else:
@@ -182,7 +183,7 @@ class DeviceCache:
                     has_name_b = "name_B" in item
         probes = tuple(torch.zeros((), dtype=torch.uint8).expand(images[d].shape[1:]) for d in "AB")
         for domain, probe in zip("AB", probes, strict=True):
-            check_crops(steps, probe, domain)
+            check_crops(steps, probe, domain, getattr(transform, "advice", None) or crop_advice(None))
         draws = RandomDraws(len(train_set), sizes, datamodule.paired, random_b, steps, probes,
                             (names["A"], names["B"] if has_name_b else None))
         tables = {d: value_table(per_value, images[d].shape[1]) for d in "AB"}
@@ -247,12 +248,11 @@ def store(images: dict[str, torch.Tensor], domain: str, count: int, index: int, 
     images[domain][index] = image
 
 
-def check_crops(steps: list[v2.Transform], probe: torch.Tensor, domain: str) -> None:
+def check_crops(steps: list[v2.Transform], probe: torch.Tensor, domain: str, advice: str) -> None:
     height, width = probe.shape[-2:]
     for step in steps:
         if isinstance(step, v2.RandomCrop) and (step.size[0] > height or step.size[1] > width):
             raise DataError(
                 f"data.device_cache: the crop {tuple(step.size)} is larger than the {domain} images "
-                f"({height}x{width} after resizing). Smaller images than crop_size need "
-                "preprocess=resize_and_crop or scale_width_and_crop (which upscale), or a smaller data.crop_size"
+                f"({height}x{width} after resizing); {advice}"
             )

@@ -19,16 +19,24 @@ Conventions shared by all tools:
   pixels composited onto white).
 * Errors are raised as :class:`DatasetToolError` *before* anything is written whenever possible
   (missing or empty input folders, unreadable images, unmatched names, name collisions) and always name
-  the offending folder or file.
+  the offending folder or file. A file that only fails while decoding (a truncated JPEG passes the header
+  check) fails the whole build, naming every such file, and leaves the output folders as they were: the
+  pairs are written to a staging folder and moved into place only when all of them succeeded, so a rerun
+  after fixing the files needs no cleanup.
+* An output folder that is one of the input folders is refused (``--overwrite`` would replace the inputs).
 * Output names keep the input file stem; the extension is given by ``fmt`` (``png`` - lossless, the
   default - or ``jpg``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,9 +207,17 @@ def split_names(
     }
 
 
-def _check_output_dirs(out_dir: Path, splits: Iterable[str], overwrite: bool) -> None:
+def _check_output_dirs(out_dir: Path, splits: Iterable[str], overwrite: bool, inputs: Iterable[Path] = ()) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetToolError(f"output path exists and is not a directory: {out_dir}")
+    splits = list(splits)
+    for source in inputs:
+        for split in splits:
+            if (out_dir / split).resolve() == source.resolve():
+                raise DatasetToolError(
+                    f"the output folder {out_dir / split} is the input folder {source}: writing the pairs there "
+                    "would replace or mix with the input images; choose another output folder"
+                )
     if overwrite:
         return
     for split in splits:
@@ -210,6 +226,52 @@ def _check_output_dirs(out_dir: Path, splits: Iterable[str], overwrite: bool) ->
             raise DatasetToolError(
                 f"output folder is not empty: {d} (use overwrite / --overwrite to write into it anyway)"
             )
+
+
+class _StagedOutput:
+    """Pairs written to a hidden staging folder inside ``out_dir``; :meth:`commit` moves them into the split
+    folders. Decoding failures are collected (:meth:`failed`) so one error names every bad file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.written: list[tuple[Path, Path]] = []  # (staged file, final path)
+        self.errors: list[str] = []
+
+    def save(self, img: Image.Image, final: Path, fmt: str, quality: int) -> None:
+        staged = self.root / final.parent.name / final.name
+        self.written.append((save_image(img, staged, fmt, quality), final))
+
+    def failed(self, error: DatasetToolError) -> None:
+        self.errors.append(str(error))
+
+    def commit(self) -> None:
+        if self.errors:
+            self.errors.sort()
+            shown = "; ".join(self.errors[:10]) + (f"; ... ({len(self.errors)} in total)" if len(self.errors) > 10 else "")
+            raise DatasetToolError(
+                f"{len(self.errors)} image(s) could not be decoded, so nothing was written: {shown}. Fix or "
+                "remove them and run again"
+            )
+        for staged, final in self.written:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)  # same file system (the staging folder is inside out_dir): a rename
+
+
+@contextlib.contextmanager
+def _staged_output(out_dir: Path) -> Iterator[_StagedOutput]:
+    """A staging folder inside ``out_dir``, removed on exit; ``out_dir`` itself is removed again when this
+    created it and the build failed before moving anything in."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield _StagedOutput(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -260,16 +322,22 @@ def combine_folders(
     if not common:
         raise DatasetToolError(f"no file names in common between {dir_a} and {dir_b}")
     check_readable([a_files[s] for s in common] + [b_files[s] for s in common])
-    _check_output_dirs(out_dir, [split], overwrite)
+    _check_output_dirs(out_dir, [split], overwrite, inputs=(dir_a, dir_b))
 
     report = BuildReport(out_dir=out_dir, skipped=only_a + only_b)
-    for stem in common:
-        a = resize_hw(load_rgb(a_files[stem]), size)
-        b = resize_hw(load_rgb(b_files[stem]), size)
-        if b.size != a.size:
-            b = b.resize(a.size, RESAMPLE)
-            report.resized_b += 1
-        save_image(side_by_side(a, b), out_dir / split / f"{stem}{ext}", pil_format, quality)
+    with _staged_output(out_dir) as output:
+        for stem in common:
+            try:
+                a = resize_hw(load_rgb(a_files[stem]), size)
+                b = resize_hw(load_rgb(b_files[stem]), size)
+            except DatasetToolError as error:
+                output.failed(error)
+                continue
+            if b.size != a.size:
+                b = b.resize(a.size, RESAMPLE)
+                report.resized_b += 1
+            output.save(side_by_side(a, b), out_dir / split / f"{stem}{ext}", pil_format, quality)
+        output.commit()
     report.counts[split] = len(common)
     if log is not None:
         msg = f"combine: wrote {len(common)} pairs to {out_dir / split}"
@@ -348,17 +416,22 @@ def make_paired_from_photos(
     files = index_by_stem(list_images(src_dir, "photo folder"), "photo folder")
     splits = split_names(list(files), val_fraction, test_fraction, seed)
     check_readable(files.values())
-    _check_output_dirs(out_dir, [s for s in SPLITS if splits[s]], overwrite)
+    _check_output_dirs(out_dir, [s for s in SPLITS if splits[s]], overwrite, inputs=(src_dir,))
 
     report = BuildReport(out_dir=out_dir)
-    for split in SPLITS:
-        for stem in splits[split]:
-            photo = load_rgb(files[stem])
-            if size is not None:
-                photo = square_image(photo, size, center_crop)
-            a = make_a(photo)
-            save_image(side_by_side(a, photo), out_dir / split / f"{stem}{ext}", pil_format, quality)
-        report.counts[split] = len(splits[split])
+    with _staged_output(out_dir) as output:
+        for split in SPLITS:
+            for stem in splits[split]:
+                try:
+                    photo = load_rgb(files[stem])
+                except DatasetToolError as error:
+                    output.failed(error)
+                    continue
+                if size is not None:
+                    photo = square_image(photo, size, center_crop)
+                output.save(side_by_side(make_a(photo), photo), out_dir / split / f"{stem}{ext}", pil_format, quality)
+            report.counts[split] = len(splits[split])
+        output.commit()
     if log is not None:
         parts = ", ".join(f"{s}={report.counts[s]}" for s in SPLITS)
         log(f"{tool_name}: wrote {report.total} pairs to {out_dir} ({parts})")

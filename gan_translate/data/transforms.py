@@ -49,6 +49,30 @@ class MakeDivisible(v2.Transform):
         return TF.resize(inpt, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
+class Preprocess(v2.Compose):
+    """The pipeline :func:`build_transform` returns; ``advice`` says which data keys to change when an image is
+    smaller than the crop (it depends on the mode, so the error naming the image can say the right thing)."""
+
+    def __init__(self, transforms: list[v2.Transform], advice: str) -> None:
+        super().__init__(transforms)
+        self.advice = advice
+
+
+def crop_advice(preprocess: str | None, load_size: int | None = None, crop_size: int | None = None) -> str:
+    """What to change when a training image is smaller than the crop under ``preprocess`` (None: not known)."""
+    smaller = "or a smaller data.crop_size"
+    if preprocess == "crop":
+        return ("data.preprocess=crop cuts the crop from the image as it is; use data.preprocess=resize_and_crop or "
+                f"scale_width_and_crop (which resize first), {smaller}")
+    if preprocess == "scale_width_and_crop":
+        return (f"data.preprocess=scale_width_and_crop scales the width to data.load_size={load_size}, which leaves "
+                "a wide image's height below the crop; use a larger data.load_size, data.preprocess=resize_and_crop "
+                f"(which resizes both sides), {smaller}")
+    if preprocess == "resize_and_crop":
+        return f"use data.load_size>={crop_size} (resize_and_crop resizes to data.load_size, then crops), {smaller}"
+    return f"use data.preprocess=resize_and_crop or scale_width_and_crop (which resize first), {smaller}"
+
+
 def build_transform(
     preprocess: str = "resize_and_crop",
     load_size: int = 286,
@@ -56,7 +80,7 @@ def build_transform(
     flip: bool = True,
     train: bool = True,
     size_divisor: int = MAKE_DIVISIBLE,
-) -> v2.Compose:
+) -> Preprocess:
     """Training gets random crops and flips; evaluation is deterministic (resize to, or centre-crop at, crop_size)."""
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"data.preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
@@ -79,7 +103,7 @@ def build_transform(
     if train and flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=[0.5], std=[0.5])]
-    return v2.Compose(steps)
+    return Preprocess(steps, crop_advice(preprocess, load_size, crop_size))
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
