@@ -7,6 +7,16 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
+def check_run_length(epochs: int | None, key: str) -> None:
+    """A schedule over the run's epochs needs that number: ``trainer.max_epochs=-1`` (or null: a run bounded by
+    ``max_steps`` or ``max_time``) would otherwise give rate 0 from the first step (linear) or a division by 0."""
+    if epochs is None or epochs < 1:
+        raise ValueError(
+            f"{key}={epochs}: the schedule spans the run's epochs and follows trainer.max_epochs unless set. For a "
+            f"run bounded by trainer.max_steps or max_time, set {key}=N (epochs), or use scheduler=constant"
+        )
+
+
 class LinearDecayLR(LRScheduler):
     """Constant for ``constant_epochs`` epochs, then linear decay towards 0 until ``total_epochs``.
 
@@ -19,6 +29,7 @@ class LinearDecayLR(LRScheduler):
     def __init__(
         self, optimizer: Optimizer, total_epochs: int, constant_epochs: int | None = None, last_epoch: int = -1
     ) -> None:
+        check_run_length(total_epochs, "scheduler.total_epochs")
         if constant_epochs is None:
             constant_epochs = total_epochs // 2
         if total_epochs < constant_epochs:

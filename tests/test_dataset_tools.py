@@ -181,6 +181,11 @@ def test_output_folder_that_is_an_input_is_refused(tmp_path):
     with pytest.raises(tools.DatasetToolError, match="is the input folder"):
         tools.make_edges_dataset(photos, tmp_path / "data", test_fraction=0, val_fraction=0, overwrite=True, log=None)
     assert Image.open(photos / "p.png").size == (64, 64)  # the photo was not replaced by a pair
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "val").write_text("a file where a split folder goes")
+    with pytest.raises(tools.DatasetToolError, match="exists and is not a directory: .*val"):
+        tools.make_edges_dataset(photos, tmp_path / "out", val_fraction=0.5, log=None)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["val"]
 
 
 # ---------------------------------------------------------------------------------------------- edges / colorization

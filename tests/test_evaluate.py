@@ -82,6 +82,18 @@ def test_plateau_scheduler_without_a_monitored_metric_fails_before_training(tmp_
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(("scheduler", "key"), [("linear", "scheduler.total_epochs"), ("cosine", "scheduler.T_max")])
+def test_schedule_over_an_unbounded_epoch_count_fails_before_training(tmp_path, scheduler, key):
+    """trainer.max_epochs=-1 with max_steps: the linear schedule trained at rate 0 from the first step."""
+    overrides = ["trainer.max_epochs=-1", "trainer.max_steps=4", "metrics=none", f"scheduler={scheduler}"]
+    with pytest.raises(ValueError, match=f"{key}=-1: .*set {key}=N"):
+        train(compose_train(tmp_path / "unset", overrides))
+    assert not (tmp_path / "unset" / "checkpoints").exists()
+    train(compose_train(tmp_path / "set", [*overrides, f"{key}=4"]))
+    lrs = [float(r["lr-generator"]) for r in read_metrics_csv(tmp_path / "set") if r.get("lr-generator")]
+    assert lrs and lrs[0] > 0
+
+
 def test_plateau_scheduler_watches_a_real_metric(tmp_path):
     cfg = compose_train(
         tmp_path,

@@ -265,6 +265,16 @@ def random_vgg_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+def test_vgg_input_normalisation_switch(random_vgg_files):
+    """normalize_input=False (pix2pixHD's code) feeds the [-1, 1] image to the first conv as it is."""
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    normalised, raw = VGGFeatures(random_vgg_files["vgg19"]), VGGFeatures(random_vgg_files["vgg19"], False)
+    first = raw.slices[0]
+    torch.testing.assert_close(raw(x)[0], first(x))
+    mean, std = torch.tensor(W.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(W.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalised(x)[0], first(((x + 1) / 2 - mean) / std))
+
+
 @pytest.mark.parametrize("arch", ["vgg19", "vgg16"])
 def test_vgg_features_frozen_eval_five_maps(random_vgg_files, arch):
     features = VGGFeatures(random_vgg_files[arch])

@@ -211,6 +211,9 @@ def _check_output_dirs(out_dir: Path, splits: Iterable[str], overwrite: bool, in
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetToolError(f"output path exists and is not a directory: {out_dir}")
     splits = list(splits)
+    for split in splits:
+        if (out_dir / split).exists() and not (out_dir / split).is_dir():
+            raise DatasetToolError(f"output path exists and is not a directory: {out_dir / split}")
     for source in inputs:
         for split in splits:
             if (out_dir / split).resolve() == source.resolve():
@@ -252,8 +255,12 @@ class _StagedOutput:
                 f"{len(self.errors)} image(s) could not be decoded, so nothing was written: {shown}. Fix or "
                 "remove them and run again"
             )
+        for folder in dict.fromkeys(final.parent for _, final in self.written):  # all of them before any move
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatasetToolError(f"cannot create the output folder {folder}: {exc}") from exc
         for staged, final in self.written:
-            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, final)  # same file system (the staging folder is inside out_dir): a rename
 
 

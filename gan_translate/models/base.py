@@ -29,12 +29,13 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, ReduceLROnPlateau
 
 import gan_translate
 from gan_translate.models.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
 from gan_translate.models.norm_modes import EvalNormMode
 from gan_translate.models.step_graph import SameObject, StepRecord, TrainingStepGraph
+from gan_translate.schedulers import check_run_length
 
 CHECKPOINT_KEY = "gan_translate"
 # torch.compile modes; the first two replay CUDA graphs (on CUDA devices only: elsewhere they compile as default).
@@ -318,6 +319,9 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
             {"scheduler": self.scheduler_factory(optimizer), "name": f"lr-{name}", "interval": "epoch"}
             for name, optimizer in zip(groups, optimizers, strict=True)
         ]
+        for entry in schedulers:
+            if isinstance(entry["scheduler"], CosineAnnealingLR):
+                check_run_length(entry["scheduler"].T_max, "scheduler.T_max")
         if self.scheduler_monitor is None and any(
             isinstance(entry["scheduler"], ReduceLROnPlateau) for entry in schedulers
         ):

@@ -80,6 +80,7 @@ class Pix2PixHD(GANModule):
         global_ckpt: str | None = None,
         fix_global_epochs: int = 0,
         vgg_weights: str | None = None,
+        vgg_normalize_input: bool = True,
         perceptual_network: Callable[[], nn.Module] | nn.Module | None = None,
         **kwargs,
     ) -> None:
@@ -110,7 +111,7 @@ class Pix2PixHD(GANModule):
         self.global_ckpt, self.fix_global_epochs = global_ckpt, fix_global_epochs
         if fix_global_epochs and not hasattr(network, "global_parameters"):
             raise ValueError("model.fix_global_epochs applies to the local enhancer (generator=pix2pixhd_local) only")
-        self.vgg_weights = vgg_weights
+        self.vgg_weights, self.vgg_normalize_input = vgg_weights, vgg_normalize_input
         # Kept out of the module tree (a list, not an attribute module): not saved in checkpoints, not trained,
         # not moved by Lightning (moved by us at first use), never put in train mode.
         self._perceptual: list[VGGLoss] = []
@@ -158,7 +159,7 @@ class Pix2PixHD(GANModule):
             if factory is None:  # VGG19: imported and built only when used (it needs the weights file)
                 from gan_translate.networks.vgg import VGGFeatures
 
-                features = VGGFeatures(self.vgg_weights)
+                features = VGGFeatures(self.vgg_weights, normalize_input=self.vgg_normalize_input)
             else:
                 features = build_network(factory)
             self._perceptual.append(VGGLoss(features))

@@ -39,6 +39,10 @@ def _read_features(path: str | os.PathLike) -> dict[str, Tensor]:
 class VGGFeatures(nn.Module):
     """relu1_1 ... relu5_1 of an ImageNet VGG19 (or VGG16) for images in [-1, 1]; frozen, always in eval mode.
 
+    ``normalize_input`` (default): the images are mapped to ImageNet's normalisation first, the input VGG was
+    trained on. pix2pixHD's code feeds the [-1, 1] image as it is (``False``), which changes the feature scales
+    and so the loss term's weight relative to the others.
+
     ``weights_path``: a file (or a folder holding ``vgg19_features.pth``); ``None`` uses the cached ``vgg``
     weights and raises :class:`~gan_translate.weights.MissingWeightsError` naming the fetch command if absent.
     Gradients still flow to the input, as a perceptual loss needs.
@@ -46,7 +50,7 @@ class VGGFeatures(nn.Module):
 
     LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
-    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, weights_path: str | os.PathLike | None = None, normalize_input: bool = True) -> None:
         super().__init__()
         import torchvision
 
@@ -74,8 +78,12 @@ class VGGFeatures(nn.Module):
         starts = (0, *(e + 1 for e in ends[:-1]))
         self.slices = nn.ModuleList(nn.Sequential(*features[s : e + 1]) for s, e in zip(starts, ends, strict=True))
         self.weights_path = str(path)
-        # [-1, 1] -> ImageNet-normalised RGB in one affine step: (x + 1) / 2 minus mean, over std.
+        # [-1, 1] -> ImageNet-normalised RGB in one affine step: (x + 1) / 2 minus mean, over std, the input the
+        # network was trained on. normalize_input=False feeds [-1, 1] as it is, as pix2pixHD's own code does.
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        if not normalize_input:
+            mean, std = torch.full((3,), 0.5), torch.full((3,), 0.5)  # scale 1, shift 0
+        self.normalize_input = normalize_input
         self.register_buffer("scale", (0.5 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", ((0.5 - mean) / std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
