@@ -92,6 +92,9 @@ def predict(cfg: DictConfig) -> list[Path]:
                          + "; ".join(" and ".join(names) for names in clashes[:5]) + "; rename or move them")
     instance_maps = matching_instance_maps(cfg, files, translator)
     output_dir = Path(cfg.output_dir)
+    if output_dir.is_dir() and any(output_dir.samefile(folder) for folder in {path.parent for path in files}):
+        raise ValueError(f"output_dir={cfg.output_dir} is the folder of the inputs: the outputs (STEM.png) would "
+                         "replace the PNG inputs and mix with the others; choose another output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)  # test-time dropout and pix2pixHD's cluster draws repeat

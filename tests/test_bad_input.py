@@ -47,6 +47,11 @@ def test_corrupt_file_fails_at_construction(aligned_root):
     (aligned_root / "train/bad.png").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=r"bad\.png"):
         AlignedDataset(aligned_root, "train")
+    # on_bad_image=skip leaves it out (it stopped the setup before, unlike the other layouts), with a warning.
+    datamodule = AlignedDataModule(root=str(aligned_root), preprocess="none", num_workers=0, on_bad_image="skip")
+    with pytest.warns(UserWarning, match=r"1 unreadable file\(s\) left out .*bad\.png"):
+        datamodule.setup("fit")
+    assert len(datamodule.train_set) == 4
 
 
 def test_corrupt_file_in_a_cyclegan_domain_fails_at_construction(tmp_path):
@@ -91,8 +96,9 @@ def test_skip_mode_replaces_bad_items_and_counts_them(aligned_root):
 def test_odd_width_pair_is_rejected(tmp_path):
     (tmp_path / "train").mkdir()
     Image.new("RGB", (63, 32)).save(tmp_path / "train/odd.png")
-    with pytest.raises(DataError, match=r"odd\.png is 63x32"):
+    with pytest.raises(DataError, match=r"odd\.png is 63x32") as error:
         AlignedDataset(tmp_path, "train", square_halves=False)
+    assert "Set data.square_halves=false" not in str(error.value)  # it is false already
 
 
 def test_image_modes_are_converted_and_16_bit_is_scaled():
@@ -129,6 +135,22 @@ def test_image_smaller_than_crop_names_the_file(tmp_path):
     # resize_and_crop upscales first: documented as the way to use small images
     upscaled = UnalignedDataset(tmp_path, "train", transform_a=build_transform("resize_and_crop", 36, 32))
     assert upscaled[0]["A"].shape[-2:] == (32, 32)
+
+
+def test_validation_refuses_images_smaller_than_the_crop_instead_of_padding(tmp_path):
+    """Evaluation's centre crop padded small images with black, and the metrics scored the padding."""
+    for domain in "AB":
+        (tmp_path / f"val{domain}").mkdir()
+        Image.new("RGB", (20, 40), (200, 100, 50)).save(tmp_path / f"val{domain}/narrow_{domain}.png")
+    narrow = UnalignedDataset(tmp_path, "val", transform_a=build_transform("crop", crop_size=32, train=False))
+    with pytest.raises(DataError, match=r"narrow_A\.png \(20x40\).*data.preprocess=crop"):
+        narrow[0]
+    # scale_width_and_crop evaluates at training's scale (width -> load_size): a 2:1 image keeps a 48 px height.
+    for domain in "AB":
+        Image.new("RGB", (80, 40), (200, 100, 50)).save(tmp_path / f"val{domain}/narrow_{domain}.png")
+    wide = UnalignedDataset(tmp_path, "val", transform_a=build_transform("scale_width_and_crop", 96, 32, train=False))
+    image = wide[0]["A"]
+    assert image.shape[-2:] == (32, 32) and bool((image > -0.9).all())  # no black (-1) padding
 
 
 def test_missing_or_empty_folders_and_missing_domain(tmp_path):

@@ -285,3 +285,12 @@ def test_synthetic_classes_deterministic_and_balanced():
 def test_cgan_names_its_own_sample_key(tmp_path):
     with pytest.raises(Exception, match=r"model\.samples_per_class must be >= 1, got 0"):  # in Hydra's error
         build_model(compose_train(tiny("cgan", "model.samples_per_class=0"), tmp_path))
+
+
+def test_a_training_set_smaller_than_one_dropped_batch_fails_before_training(tmp_path):
+    """drop_last with fewer items than data.batch_size: Lightning said 'No training batches' and exited 0."""
+    with pytest.raises(DataError, match=r"6 item\(s\), fewer than data.batch_size=8.*data.drop_last=false"):
+        train(compose_train(tiny("cgan", "data.train_length=6", "data.batch_size=8"), tmp_path / "small"))
+    assert not (tmp_path / "small" / "checkpoints").exists()
+    train(compose_train(tiny("cgan", "data.train_length=6", "data.batch_size=8", "data.drop_last=false"), tmp_path / "kept"))
+    assert (tmp_path / "kept" / "checkpoints" / "last.ckpt").exists()

@@ -175,6 +175,20 @@ def test_predict_refuses_inputs_that_would_write_one_output(trained, tmp_path):
         predict(predict_cfg(path, inputs, tmp_path / "out", instances=str(inputs)))
 
 
+def test_predict_refuses_to_write_into_the_input_folder(trained, tmp_path):
+    """output_dir = the inputs' folder replaced every PNG input by its translation (lost work)."""
+    _, path = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(random_rgb(32, 32, 0)).save(inputs / "x.png")
+    before = (inputs / "x.png").read_bytes()
+    for source, output in ((inputs, inputs), (inputs / "x.png", inputs), (inputs, tmp_path / "inputs" / ".." / "inputs")):
+        with pytest.raises(ValueError, match="is the folder of the inputs"):
+            predict(predict_cfg(path, source, output))
+    assert (inputs / "x.png").read_bytes() == before and sorted(inputs.iterdir()) == [inputs / "x.png"]
+    assert [p.name for p in predict(predict_cfg(path, inputs, inputs / "translated"))] == ["x.png"]
+
+
 def test_predict_seed_repeats_test_time_dropout(trained, tmp_path):
     """dropout=true (the paper's test-time noise): the same seed gives the same images, another seed others."""
     _, path = trained

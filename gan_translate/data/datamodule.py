@@ -197,7 +197,7 @@ class AlignedDataModule(TranslationDataModule):
             return None
         return AlignedDataset(
             self.root, split, self.direction, self.input_nc, self.output_nc, self.transform(train),
-            self.square_halves,
+            self.square_halves, skip_unreadable=self.on_bad_image == "skip",
         )
 
 

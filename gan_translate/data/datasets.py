@@ -108,6 +108,7 @@ class AlignedDataset(Dataset):
         output_nc: int = 3,
         transform: Callable | None = None,
         square_halves: bool = True,
+        skip_unreadable: bool = False,
     ) -> None:
         if direction not in DIRECTIONS:
             raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -115,14 +116,27 @@ class AlignedDataset(Dataset):
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
         self.transform = transform
-        for path in self.files:
-            width, height = image_size(path)
+        unreadable: list[str] = []
+        for path in list(self.files):
+            try:
+                width, height = image_size(path)
+            except DataError as error:
+                if not skip_unreadable:
+                    raise
+                unreadable.append(f"{path.name} ({error.__cause__ or error})")
+                self.files.remove(path)
+                continue
             if width % 2 or (square_halves and width != 2 * height):
                 raise DataError(
                     f"{path} is {width}x{height}; an A|B image must hold two halves side by side"
                     + (" (width = 2 x height)" if square_halves else " (even width)")
-                    + ". Set data.square_halves=false for non-square halves."
+                    + ("" if not square_halves else ". Set data.square_halves=false for non-square halves.")
                 )
+        if unreadable:  # data.on_bad_image=skip: left out here, as the other layouts skip them when read
+            warnings.warn(f"data.on_bad_image=skip: {len(unreadable)} unreadable file(s) left out of "
+                          f"{Path(root) / split}: {'; '.join(unreadable[:10])}", stacklevel=2)
+            if not self.files:
+                raise DataError(f"data.on_bad_image=skip: none of the images in {Path(root) / split} can be read")
 
     def __len__(self) -> int:
         return len(self.files)

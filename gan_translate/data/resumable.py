@@ -34,6 +34,8 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
+from gan_translate.data.images import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -148,6 +150,14 @@ def resumable_loader(
     seed = shuffle_seed(trainer)
     replicas = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {}
     sampler = ResumableShuffle(dataset, seed, batch_size, drop_last, **replicas)
+    if drop_last and sampler.num_samples < batch_size:
+        # Lightning would stop at once with "No training batches" and exit 0: a run that trained nothing.
+        per_process = f" per process ({len(dataset)} over {sampler.num_replicas})" if sampler.num_replicas > 1 else ""
+        raise DataError(
+            f"the training set has {sampler.num_samples} item(s){per_process}, fewer than data.batch_size="
+            f"{batch_size}, and data.drop_last=true drops the incomplete batch: there would be no training batch. "
+            f"Use data.batch_size<={sampler.num_samples}, data.drop_last=false, or more images"
+        )
     if trainer is not None:
         # The epoch Lightning is about to pass to set_epoch. It does so only after creating the first
         # iterator, whose workers start drawing indices at once: a run resumed at an epoch boundary would

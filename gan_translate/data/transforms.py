@@ -49,6 +49,17 @@ class MakeDivisible(v2.Transform):
         return TF.resize(inpt, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
+class CenterCropNoPad(v2.CenterCrop):
+    """Centre crop that refuses an image smaller than the crop, as ``RandomCrop`` does in training, where
+    ``v2.CenterCrop`` pads it with black: validation metrics would score the padding."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = TF.get_size(inpt)
+        if height < self.size[0] or width < self.size[1]:
+            raise ValueError(f"the crop {tuple(self.size)} is larger than the image ({height}, {width}) (H, W)")
+        return super().transform(inpt, params)
+
+
 class Preprocess(v2.Compose):
     """The pipeline :func:`build_transform` returns; ``advice`` says which data keys to change when an image is
     smaller than the crop (it depends on the mode, so the error naming the image can say the right thing)."""
@@ -81,11 +92,13 @@ def build_transform(
     train: bool = True,
     size_divisor: int = MAKE_DIVISIBLE,
 ) -> Preprocess:
-    """Training gets random crops and flips; evaluation is deterministic (resize to, or centre-crop at, crop_size)."""
+    """Training gets random crops and flips; evaluation is deterministic: resize_and_crop resizes to crop_size
+    (the whole image), crop and scale_width_and_crop take the centre crop of what training crops from (the image
+    as it is; its width scaled to load_size). An image smaller than the crop is an error in both, never padded."""
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"data.preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
     bicubic = InterpolationMode.BICUBIC
-    crop = v2.RandomCrop(crop_size) if train else v2.CenterCrop(crop_size)
+    crop = v2.RandomCrop(crop_size) if train else CenterCropNoPad(crop_size)
     steps: list[v2.Transform] = []
     if preprocess == "resize_and_crop":
         size = load_size if train else crop_size
@@ -97,7 +110,7 @@ def build_transform(
     elif preprocess == "scale_width":
         steps.append(ScaleWidth(crop_size))
     elif preprocess == "scale_width_and_crop":
-        steps += [ScaleWidth(load_size if train else crop_size), crop]
+        steps += [ScaleWidth(load_size), crop]  # evaluation at training's scale: a wide image's height fits the crop
     if preprocess in ("none", "scale_width"):
         steps.append(MakeDivisible(size_divisor))
     if train and flip:
