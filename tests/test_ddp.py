@@ -90,6 +90,33 @@ def test_pix2pix_ddp_cpu_two_processes(tmp_path):
         assert torch.equal(param, ranks[0]["params"][name]), name
 
 
+class PooledFeatures(torch.nn.Module):
+    """A stand-in for the FID Inception TorchScript file: [-1, 1] images -> 2048-d features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.project = torch.nn.Linear(3, 2048)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x.mean(dim=(2, 3)))
+
+
+def test_ddp_cpu_with_fid_from_a_torchscript_file(tmp_path):
+    """With the FID weights cached, FID is on by default, and the spawn launcher failed to pickle the TorchScript
+    network ("WrapNet ... does not have a __getstate__"): the extractor now reloads it from its file."""
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pt"
+    torch.jit.save(torch.jit.script(PooledFeatures()), str(weights))
+    cfg = tiny_config(
+        "pix2pix", tmp_path / "run", "trainer=ddp_cpu", "logger=csv", f"metrics.fid_weights={weights}",
+        "metrics.collection.fid=true", "monitor.metric=val/fid", "monitor.mode=min",
+    )
+    value = train(cfg)
+    assert value is not None and torch.isfinite(torch.tensor(value))
+    rows = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
+    assert "val/fid" in rows.splitlines()[0]
+
+
 @pytest.mark.slow
 def test_cyclegan_ddp_cpu_two_processes(tmp_path):
     value, ranks = ddp_train("cyclegan", tmp_path)

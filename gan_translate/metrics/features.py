@@ -121,6 +121,19 @@ class InceptionFeatureExtractor(nn.Module):
     def train(self, mode: bool = True) -> InceptionFeatureExtractor:  # noqa: ARG002 - always eval
         return super().train(False)
 
+    # A TorchScript module does not pickle, and DDP's spawn launcher pickles the LightningModule with its metrics:
+    # the copy carries the file's path and loads the network again.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_modules"] = {name: module for name, module in self._modules.items() if name != "net"}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.net = torch.jit.load(self.weights_path, map_location="cpu")
+        self.requires_grad_(False)
+        self.eval()
+
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"InceptionFeatureExtractor expects N x 3 x H x W images, got {tuple(x.shape)}")
