@@ -31,6 +31,7 @@ from torchvision.utils import make_grid, save_image
 from gan_translate.callbacks import sample_grid
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.config import CONF_DIR
+from gan_translate.data.datamodule import collate_one_size
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics import build_metrics, evaluate_folders
 from gan_translate.metrics.folders import check_enough_images
@@ -92,7 +93,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     samples: dict[str, list[torch.Tensor]] = {"source": [], "output": [], "target": []}
     count = 0
     torch.manual_seed(cfg.seed)  # test-time dropout, pix2pixHD's cluster draws and KID's subsets repeat
-    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_one_size):
         source, target = batch[source_key], batch[target_key].to(translator.device)
         inputs = torch.cat([source, batch["inst"].to(source)], 1) if with_instances and "inst" in batch else source
         output = translator.translate(inputs)
@@ -152,7 +153,7 @@ def evaluate_samples(cfg: DictConfig, model: GenerativeGAN) -> tuple[dict, torch
     sampler = Sampler(model, device=cfg.device, batch_size=max(cfg.batch_size, 100))
     metrics.to(sampler.device)
     num_real = 0
-    for batch in DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0):
+    for batch in DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate_one_size):
         metrics.update(None, real=batch["image"].to(sampler.device))
         num_real += batch["image"].size(0)
     # labels=None cycles through the classes / code values: 0, 1, ..., K-1, 0, ...

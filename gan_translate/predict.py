@@ -10,6 +10,7 @@ image is twice as wide as high. See ``gan_translate.translator`` for dropout/bat
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -43,6 +44,11 @@ def source_half(image: Image.Image, translator: Translator, pairs: str | bool) -
     trained_on_pairs = bool(getattr(get_class(data["_target_"]), "pairs_side_by_side", False)) if data else False
     is_pair = pairs is True or (pairs == "auto" and trained_on_pairs and image.width == 2 * image.height)
     if not is_pair:
+        if pairs == "auto" and trained_on_pairs and data.get("square_halves") is False and image.width % 2 == 0:
+            # Trained on A|B pairs of any aspect: a pair of non-square halves cannot be told from a single image.
+            warnings.warn("this model was trained on A|B pairs with non-square halves (data.square_halves=false); "
+                          "pairs=auto splits only 2:1 images and translates the others whole: pass pairs=true to "
+                          "split every input (or pairs=false to silence this)", stacklevel=2)
         return image
     half = image.width // 2
     left, right = image.crop((0, 0, half, image.height)), image.crop((half, 0, image.width, image.height))

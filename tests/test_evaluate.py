@@ -225,3 +225,28 @@ def test_evaluate_needs_a_source(tmp_path):
         [sys.executable, "-m", "gan_translate.evaluate"], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode != 0 and "ckpt_path" in result.stderr
+
+
+def test_evaluate_names_images_of_mixed_sizes(tmp_path):
+    """preprocess=none keeps each file's size: a batch of two sizes gave torch.stack's bare RuntimeError."""
+    from gan_translate.data.datasets import DataError
+    from gan_translate.evaluate import evaluate
+
+    root = tmp_path / "data"
+    for split, sizes in (("train", [32, 32]), ("val", [32, 64])):
+        (root / split).mkdir(parents=True)
+        for i, side in enumerate(sizes):
+            Image.fromarray(np.full((side, 2 * side, 3), 40 * i, np.uint8)).save(root / split / f"{i}.png")
+    run = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith(("data.size", "data.train_length", "data.val_length"))]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run}", "trainer.max_epochs=1", "metrics=none",
+                                          "data=aligned", f"data.root={root}", "data.preprocess=none",
+                                          "data.batch_size=1", "data.val_batch_size=1"])
+    cfg.generator.num_downs = 5  # a U-Net for multiples of 32 px
+    train(cfg)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt_path={run}/checkpoints/last.ckpt", "split=val", "device=cpu",
+                                             "batch_size=2", f"output={tmp_path / 'report.json'}"])
+    with pytest.raises(DataError, match=r"different sizes \(0: 32x32, 1: 64x64\).*for evaluate, batch_size=1"):
+        evaluate(cfg)

@@ -410,10 +410,21 @@ def test_evaluate_folders_matched_and_resized(tmp_path):
     _write_png(target / "img0.png", 120, (16, 16))
     _write_png(target / "img1.jpg", 120, (32, 32))  # any image extension; larger: resized down
     _write_png(target / "img2.png", 120, (16, 24))  # different size: resized to the prediction's size
-    out = evaluate_folders(pred, target, TranslationMetrics(ssim=False), batch_size=2)
+    with pytest.warns(UserWarning, match=r"1 target\(s\) have another aspect ratio.*img2.png 16x24 -> 16x16\)$"):
+        out = evaluate_folders(pred, target, TranslationMetrics(ssim=False), batch_size=2)
     assert out["num_images"] == 3
     assert out["l1"] == pytest.approx(20 / 255, rel=1e-4)
     assert out["psnr"] == pytest.approx(20 * math.log10(255 / 20), rel=1e-4)
+
+
+def test_evaluate_folders_warns_that_pair_images_as_targets_are_stretched(tmp_path):
+    pred, target = tmp_path / "pred", tmp_path / "target"
+    pred.mkdir()
+    target.mkdir()
+    _write_png(pred / "x.png", 100, (16, 16))
+    _write_png(target / "x.png", 120, (32, 16))  # an A|B pair: the whole of it was squashed to 16x16
+    with pytest.warns(UserWarning, match="look like A|B pair images"):
+        evaluate_folders(pred, target, TranslationMetrics(ssim=False))
 
 
 def test_evaluate_folders_unmatched_names(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint, model_from_checkpoint
 from gan_translate.models import CycleGAN, Pix2Pix
-from gan_translate.predict import predict
+from gan_translate.predict import predict, source_half
 from gan_translate.translator import Translator
 
 # A 6-level U-Net at 64 px has dropout in its innermost decoder level (the test-time noise of pix2pix).
@@ -133,6 +133,18 @@ def test_predict_pairs_and_resize(trained, tmp_path):
     # pairs=false: the whole 128x64 image is translated.
     written = predict(predict_cfg(path, pairs, tmp_path / "whole", pairs="false", size_policy="resize"))
     assert Image.open(written[0]).size == (128, 64)
+
+
+def test_pairs_auto_warns_for_a_model_trained_on_non_square_halves(trained):
+    """data.square_halves=false: a 96x32 A|B pair looks like any image; auto translated it whole, silently."""
+    _, path = trained
+    translator = Translator.from_checkpoint(path, device="cpu")
+    translator.config["data"].update({"_target_": "gan_translate.data.datamodule.AlignedDataModule",
+                                      "square_halves": False})
+    image = Image.fromarray(random_rgb(32, 96, 0))
+    with pytest.warns(UserWarning, match="non-square halves.*pass pairs=true"):
+        assert source_half(image, translator, "auto").size == (96, 32)
+    assert source_half(image, translator, True).size == (48, 32)
 
 
 def test_predict_module_subprocess(trained, tmp_path):

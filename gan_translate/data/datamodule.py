@@ -117,6 +117,13 @@ class TranslationDataModule(pl.LightningDataModule):
                         "metrics, and any checkpoint selected by them, are measured on test data. Add a val "
                         "split to keep the test split unseen."
                     )
+                elif stage == "fit":
+                    where = f" under data.root={self.root}" if getattr(self, "root", None) else ""
+                    rank_zero_warn(
+                        f"{type(self).__name__}: no val (or test) split found{where}, so this run has no validation: "
+                        "no val/* metrics and no best checkpoint (last.ckpt is still saved; sample grids show training "
+                        "images). The split folders are named val/ (valA/, valB/) or test/."
+                    )
         if stage in ("test", None) and self.test_set is None:
             self.test_set = self.make_dataset("test", train=False)
         if self.on_bad_image == "skip":
@@ -167,8 +174,8 @@ def collate_one_size(items: list) -> Any:
                           for i, (item, image) in enumerate(zip(items, images, strict=False)) if image is not None)
         raise DataError(
             f"a batch of {len(items)} holds images of different sizes ({sizes}): the files keep their own sizes "
-            "(data.preprocess=none or scale_width); use data.batch_size=1 (and data.val_batch_size=1), or crop to one "
-            "size with data.preprocess=resize_and_crop"
+            "(data.preprocess=none or scale_width); use data.batch_size=1 (and data.val_batch_size=1; for evaluate, "
+            "batch_size=1), or crop to one size with data.preprocess=resize_and_crop"
         ) from error
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -62,7 +63,7 @@ def evaluate_folders(
     ``pred_dir/x.png`` is paired with ``target_dir/x.<any image extension>``. Every stem must exist on both sides,
     otherwise a ValueError lists the unmatched names. Images are read as RGB by ``load_image``. If a target's size
     differs from its prediction's, the *target* is resized (bicubic) to the prediction's size, so metrics are
-    measured at the resolution the model produced. Predictions within a batch may differ in size from each other only if
+    measured at the resolution the model produced (a warning names targets whose aspect ratio that changes). Predictions within a batch may differ in size from each other only if
     ``batch_size=1``; otherwise the batch is split by size automatically.
 
     ``metrics`` is reset first and left holding this evaluation's state. Returns the computed metrics plus
@@ -94,14 +95,27 @@ def evaluate_folders(
         raise ValueError(" ".join(msg))
 
     stems = sorted(preds)
+    reshaped: list[tuple[str, int, int, int, int]] = []  # (target name, its size, the prediction's size)
     for stem in stems:  # before scoring anything: header reads only (an unreadable file is reported when read)
         try:
-            with Image.open(preds[stem]) as image:
+            with Image.open(preds[stem]) as image, Image.open(targets[stem]) as target:
                 problem = metrics.size_problem(image.height, image.width)
+                (pw, ph), (tw, th) = image.size, target.size
         except OSError:
             continue
         if problem:
             raise ValueError(f"prediction {preds[stem]}: {problem}")
+        if abs(tw * ph - th * pw) > max(th, ph):  # another aspect ratio than rounding gives
+            reshaped.append((targets[stem].name, tw, th, pw, ph))
+    if reshaped:
+        examples = "; ".join(f"{name} {tw}x{th} -> {pw}x{ph}" for name, tw, th, pw, ph in reshaped[:3])
+        pairs = any(tw == 2 * th and pw == ph for _, tw, th, pw, ph in reshaped)
+        warnings.warn(
+            f"{len(reshaped)} target(s) have another aspect ratio than their predictions and are stretched to them "
+            f"(e.g. {examples})" + (": 2:1 targets look like A|B pair images; score against their B halves, or use "
+                                    "evaluate ckpt_path=..., which splits them" if pairs else ""),
+            stacklevel=2,
+        )
     if device is not None:
         metrics.to(device)
     metrics.reset()
