@@ -37,7 +37,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,28 @@ class LastCheckpoint(ModelCheckpoint):
         ended_epoch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if ended_epoch and not self._should_skip_saving_checkpoint(trainer):
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ExceptionCheckpoint(OnExceptionCheckpoint):
+    """Lightning's ``OnExceptionCheckpoint``: when a run fails (a data error found at the end of an epoch, Ctrl+C,
+    out of memory), its state at that moment goes to ``checkpoints/on_exception.ckpt``, so that the training since
+    the last checkpoint is not lost: ``ckpt_path=.../on_exception.ckpt`` continues from it once the cause is fixed.
+
+    Not under several processes (the save waits at a barrier that a rank stuck in a collective never reaches: a
+    hang instead of an error), nor before the first optimizer step (nothing to keep), and a failing save never hides
+    the run's own error. Lightning deletes the file when a later run in this folder ends normally.
+    """
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.world_size > 1 or trainer.global_step == 0:
+            return
+        try:
+            super().on_exception(trainer, pl_module, exception)
+        except Exception as error:  # noqa: BLE001 - the run's own exception is the one to raise
+            log.warning("the state at the failure could not be saved to %s: %s", self.ckpt_path, error)
+            return
+        log.error("the state at the failure (optimizer step %d) is saved: continue from it with ckpt_path=%s",
+                  trainer.global_step, self.ckpt_path)
 
 
 # ----- mid-epoch checkpoints -----

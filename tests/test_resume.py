@@ -243,3 +243,43 @@ def test_resumed_run_keeps_its_earlier_csv_rows(tmp_path):
     assert {row["epoch"] for row in rows if row.get("val/l1")} == {"0", "1"}
     train_steps = [int(row["step"]) for row in rows if row.get("train/loss_D")]
     assert train_steps == sorted(set(train_steps)) and max(train_steps) > last_step
+
+
+def test_a_failure_in_validation_keeps_the_epoch_in_on_exception_ckpt(tmp_path, caplog):
+    """A truncated val file past the sanity check failed the run after a whole epoch of training, and no checkpoint
+    held it. checkpoints/on_exception.ckpt does; resuming from it once the file is fixed ends where an
+    uninterrupted run ends, bit for bit."""
+    import numpy as np
+    from PIL import Image
+
+    from gan_translate.data.datasets import DataError
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.random.default_rng(i).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / f"{i}.jpg", quality=95)
+    broken = root / "val" / "3.jpg"
+    good = broken.read_bytes()
+    broken.write_bytes(good[: len(good) // 2])  # the header reads; decoding fails
+    data = ["data=aligned", f"data.root={root}", "data.preprocess=none", "data.batch_size=1", "data.val_batch_size=1",
+            "trainer.max_epochs=2", "metrics=none", "callbacks.periodic_checkpoint=null"]
+
+    tiny = [o for o in TINY if not o.startswith(("data.train_length", "data.val_length"))]
+
+    def run(folder: str, *extra: str):
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[*tiny, *data, f"paths.output_dir={tmp_path / folder}", *extra])
+        return train(cfg)
+
+    with pytest.raises(DataError, match=r"3\.jpg"):
+        run("failed")
+    saved = tmp_path / "failed" / "checkpoints" / "on_exception.ckpt"
+    assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 2 * 4  # epoch 0 kept
+    assert "continue from it with ckpt_path=" in caplog.text
+    broken.write_bytes(good)
+    run("resumed", f"ckpt_path={saved}")
+    run("uninterrupted")
+    assert_same_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt",
+                        tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt")
