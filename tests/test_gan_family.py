@@ -252,6 +252,16 @@ def test_image_folder_labels_sizes_and_training(tmp_path):
     assert model.num_classes == 3 and Sampler(model, device="cpu")(4).shape == (4, 3, 16, 16)
 
 
+def test_numbered_class_folders_keep_their_numbers(tmp_path, caplog):
+    """Folders 0..11: text order made folder '10' class 2, so sample label=2 drew tens."""
+    root = tmp_path / "digits"
+    write_classes(root, "train", {str(n): 1 for n in range(12)})
+    with caplog.at_level("INFO", logger="gan_translate.data.classes"):
+        data = ImageFolderDataModule(root, num_classes=12, image_size=16, channels=1, num_workers=0)
+    assert data.classes == [str(n) for n in range(12)]
+    assert "2=2, 3=3" in caplog.text and "10=10, 11=11" in caplog.text
+
+
 def test_image_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(DataError, match="data.root: folder .*missing does not exist"):
         ImageFolderDataModule(tmp_path / "missing")

@@ -13,6 +13,7 @@ Every item is ``{"image": float tensor C x H x W in [-1, 1], "label": int}``, so
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ from gan_translate.data.datamodule import TranslationDataModule, _require_root
 from gan_translate.data.datasets import DataError, convert, image_mode, list_images, read_image
 from gan_translate.data.synthetic import _generator
 
+log = logging.getLogger(__name__)
+
 
 def class_transform(image_size: int, flip: bool, train: bool) -> v2.Compose:
     """Resize to a square ``image_size`` (if needed), optional flips in training, to [-1, 1]."""
@@ -40,10 +43,15 @@ def class_transform(image_size: int, flip: bool, train: bool) -> v2.Compose:
 
 
 def class_folders(folder: Path, what: str) -> list[str]:
-    """Sorted names of the class sub-folders of ``folder`` (hidden ones skipped); DataError if none."""
+    """Sorted names of the class sub-folders of ``folder`` (hidden ones skipped); DataError if none.
+
+    Names that are all numbers sort as numbers (0, 1, ..., 10: class index 10 is folder ``10``, where torchvision's
+    text order would make it index 2); others sort as text, as torchvision's ImageFolder does."""
     if not folder.is_dir():
         raise DataError(f"{what}: folder {folder} does not exist (expected {folder}/<class>/*.png)")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if names and all(name.isdigit() for name in names):
+        names.sort(key=int)
     if not names:
         raise DataError(f"{what}: {folder} has no class sub-folders (expected {folder}/<class>/*.png)")
     return names
@@ -187,6 +195,9 @@ class ImageFolderDataModule(ClassDataModule):
                 f"data.num_classes={num_classes}, but {self.root / 'train'} holds {len(self.classes)} class folders "
                 f"{self.classes[:12]}{' ...' if len(self.classes) > 12 else ''}; set data.num_classes={len(self.classes)}"
             )
+        # The index is what labels mean everywhere after (sample label=N, the cGAN's embedding): say it once.
+        log.info("data=image_folder classes (label = folder): %s",
+                 ", ".join(f"{index}={name}" for index, name in enumerate(self.classes)))
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         if not (self.root / split).is_dir():
