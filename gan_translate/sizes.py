@@ -106,12 +106,24 @@ def check_training_sizes(model, datamodule) -> None:
     preprocess = getattr(datamodule, "preprocess", None)
     kept = ("scales each file to data.crop_size wide, keeping its aspect ratio" if preprocess == "scale_width"
             else "keeps each file's size")
-    for which, (measured, name) in _first_item_sizes(datamodule).items():
+    def fix(measured: tuple[int, int]) -> str:
+        return (f"train on crops of one size: data.preprocess=resize_and_crop (or crop) with "
+                f"data.crop_size={combined.nearest(min(measured))} (valid: {_valid_examples(combined)})")
+
+    first = _first_item_sizes(datamodule)
+    file_sizes = getattr(datamodule, "file_sizes", dict)()  # after the setup that _first_item_sizes ran
+    for which, (measured, name) in first.items():
+        checked = "; every file's size is checked next" if file_sizes else "; only this item was checked"
         what = (f"the first training item's {which} ({name}; data.preprocess={preprocess} {kept}, rounded down "
-                f"to multiples of {MAKE_DIVISIBLE}; only this item was checked)")
-        fix = (f"train on crops of one size: data.preprocess=resize_and_crop (or crop) with "
-               f"data.crop_size={combined.nearest(min(measured))} (valid: {_valid_examples(combined)})")
-        check_image_size(networks, measured, what, fix)
+                f"to multiples of {MAKE_DIVISIBLE}{checked})")
+        check_image_size(networks, measured, what, fix(measured))
+    # Every file's size, from the headers (a later file of another size crashed inside a network, or in validation).
+    for split, sizes in file_sizes.items():
+        for source, name in sizes.items():
+            measured = datamodule.size_after_transform(source)
+            becomes = f": {measured[1]}x{measured[0]}" if measured != source else ""
+            what = f"{split} file {name} ({source[1]}x{source[0]} as stored; data.preprocess={preprocess} {kept}{becomes})"
+            check_image_size(networks, measured, what, fix(measured))
 
 
 def check_image_size(

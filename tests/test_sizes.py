@@ -7,13 +7,23 @@ import functools
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from _tiny_run import tiny_run
-from conftest import CONF_DIR, TINY_CYCLEGAN_OVERRIDES, TINY_OVERRIDES, compose_train, on_disk, write_aligned
+from conftest import (
+    CONF_DIR,
+    TINY_CYCLEGAN_OVERRIDES,
+    TINY_OVERRIDES,
+    compose_train,
+    on_disk,
+    write_aligned,
+    write_unaligned,
+)
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 from torch import nn
 
 from gan_translate.checkpoint import build_model
@@ -216,6 +226,28 @@ def test_files_of_a_valid_size_train_after_the_first_item_check(tmp_path):
                                  "~callbacks.samples", "metrics=none"), tmp_path / "run")
     train(cfg)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_files_size_is_checked_not_only_the_first_items(tmp_path, split):
+    """preprocess=none: a later file (or a val file) of a size the U-Net cannot take crashed inside the network
+    (training) or in the sanity check; now it is named before training, from the headers."""
+    root = write_aligned(tmp_path / "facades", count=2, size=32)
+    odd = np.zeros((40, 80, 3), np.uint8)
+    Image.fromarray(odd).save(root / split / "zz_odd.png")
+    cfg = compose_train(on_files(root, "generator.num_downs=5", "data.preprocess=none"), tmp_path / "run")
+    message = refused(cfg)
+    expected = "training" if split == "train" else "validation"
+    assert f"{expected} file zz_odd.png (40x40 as stored" in message and "multiples of 32" in message
+
+
+def test_cyclegan_files_sizes_are_checked_in_both_domains(tmp_path):
+    root = write_unaligned(tmp_path / "h2z", count_a=2, count_b=2, size=32)
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(root / "trainB" / "zz_small.png")
+    cfg = compose_train([*on_disk(TINY_CYCLEGAN_OVERRIDES), "data=unaligned", f"data.root={root}",
+                         "data.preprocess=none", "data.serial=true"], tmp_path / "run")  # first item: B 0
+    message = refused(cfg)
+    assert "training file trainB/zz_small.png (6x6 as stored" in message and ": 4x4)" in message
 
 
 def test_networks_without_sizes_are_not_checked():

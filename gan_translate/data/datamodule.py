@@ -88,14 +88,26 @@ class TranslationDataModule(pl.LightningDataModule):
         if self.preprocess in CROPPING_MODES:  # every training image ends as a crop_size square
             return self.crop_size, self.crop_size
         source = self.source_image_size()
-        if source is None:
-            return None
-        # The real transform on a blank image: exactly what the loader will produce, without reading data
-        # (and without drawing from the seeded random stream that training uses).
+        return None if source is None else self.size_after_transform(source)
+
+    def size_after_transform(self, source: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) that a (H, W) file becomes in training. The real transform on a blank image: exactly what the
+        loader will produce, without reading data (and without drawing from the seeded random stream that
+        training uses)."""
         blank = tv_tensors.Image(torch.zeros(self.input_nc, *source, dtype=torch.uint8))
         with torch.random.fork_rng(devices=[]):
             height, width = self.transform(train=True)(blank).shape[-2:]
         return int(height), int(width)
+
+    def file_sizes(self) -> dict[str, dict[tuple[int, int], str]]:
+        """{split: {(H, W) of the images as stored: the first file of that size}} for the training and validation
+        sets whose datasets know their files' sizes from the headers (``source_sizes``), after ``setup("fit")``."""
+        sizes = {}
+        for split, dataset in (("training", self.train_set), ("validation", self.val_set)):
+            dataset = dataset.dataset if isinstance(dataset, SkipBadImages) else dataset
+            if hasattr(dataset, "source_sizes"):
+                sizes[split] = dataset.source_sizes()
+        return sizes
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
         """The dataset of ``split``, or None if that split does not exist."""

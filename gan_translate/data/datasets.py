@@ -117,6 +117,7 @@ class AlignedDataset(Dataset):
         self.input_nc, self.output_nc = input_nc, output_nc
         self.transform = transform
         unreadable: list[str] = []
+        self._half_sizes: dict[tuple[int, int], str] = {}  # (H, W) of an A or B half -> the first file of that size
         for path in list(self.files):
             try:
                 width, height = image_size(path)
@@ -132,6 +133,7 @@ class AlignedDataset(Dataset):
                     + (" (width = 2 x height)" if square_halves else " (even width)")
                     + ("" if not square_halves else ". Set data.square_halves=false for non-square halves.")
                 )
+            self._half_sizes.setdefault((height, width // 2), path.name)
         if unreadable:  # data.on_bad_image=skip: left out here, as the other layouts skip them when read
             warnings.warn(f"data.on_bad_image=skip: {len(unreadable)} unreadable file(s) left out of "
                           f"{Path(root) / split}: {'; '.join(unreadable[:10])}", stacklevel=2)
@@ -140,6 +142,10 @@ class AlignedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def source_sizes(self) -> dict[tuple[int, int], str]:
+        """{(H, W) of the A and B halves as stored: the first file of that size} (from the headers)."""
+        return dict(self._half_sizes)
 
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
@@ -223,6 +229,18 @@ class UnalignedDataset(Dataset):
 
     def __len__(self) -> int:
         return max(len(self.files_a), len(self.files_b))
+
+    def source_sizes(self) -> dict[tuple[int, int], str]:
+        """{(H, W) as stored: the first file of that size}, both domains, from the headers (unreadable ones left
+        to the reads)."""
+        sizes: dict[tuple[int, int], str] = {}
+        for path in self.files_a + self.files_b:
+            try:
+                width, height = image_size(path)
+            except DataError:
+                continue
+            sizes.setdefault((height, width), f"{path.parent.name}/{path.name}")
+        return sizes
 
     def __getitem__(self, index: int) -> dict:
         path_a = self.files_a[index % len(self.files_a)]
