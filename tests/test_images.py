@@ -78,6 +78,43 @@ def test_exif_rotated_pair_is_split_as_displayed(tmp_path):
     assert np.abs(item["B"].permute(1, 2, 0).numpy().astype(int) - BLUE).max() < 8
 
 
+def write_png_with_late_exif(path, array: np.ndarray, orientation: int = 6) -> None:
+    """A PNG whose eXIf chunk follows the pixel data (PNG allows it; the header read cannot see it)."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    raw = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = struct.pack(">I", len(raw)) + b"eXIf" + raw + struct.pack(">I", zlib.crc32(b"eXIf" + raw))
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
+def test_a_pair_that_a_late_exif_tag_turns_is_refused_when_read(tmp_path):
+    """The header says 32x16 (an A|B pair); decoding applies the orientation and gives 16x32. It was split into two
+    strips of both halves, silently."""
+    (tmp_path / "train").mkdir()
+    pair = np.concatenate([np.full((16, 16, 3), RED, np.uint8), np.full((16, 16, 3), BLUE, np.uint8)], axis=1)
+    write_png_with_late_exif(tmp_path / "train/late.png", pair)
+    dataset = AlignedDataset(tmp_path, "train")  # the header check passes
+    with pytest.raises(DataError, match=r"late\.png decodes to 16x32 \(its EXIF orientation turns it\)"):
+        dataset[0]
+
+
+def test_float_images_in_the_unit_range_are_scaled(tmp_path):
+    unit = np.array([[0.0, 0.25, 0.5, 1.0]], np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    assert pixels(read_image(tmp_path / "unit.tif")).tolist() == [[0, 64, 128, 255]]  # not all black
+    levels = np.array([[0.0, 64.4, 300.0, -3.0]], np.float32)
+    Image.fromarray(levels, mode="F").save(tmp_path / "levels.tif")
+    assert pixels(read_image(tmp_path / "levels.tif")).tolist() == [[0, 64, 255, 0]]  # levels, clipped
+
+
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     write_sixteen_bit_png(tmp_path / "depth.png")
     assert Image.open(tmp_path / "depth.png").mode == "I;16"

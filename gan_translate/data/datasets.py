@@ -116,6 +116,7 @@ class AlignedDataset(Dataset):
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
         self.transform = transform
+        self.square_halves = square_halves
         unreadable: list[str] = []
         self._half_sizes: dict[tuple[int, int], str] = {}  # (H, W) of an A or B half -> the first file of that size
         for path in list(self.files):
@@ -150,6 +151,10 @@ class AlignedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
         image = read_image(path)
+        if image.width % 2 or (self.square_halves and image.width != 2 * image.height):
+            # The header said otherwise: a PNG whose EXIF orientation follows the pixels turns only when decoded.
+            raise DataError(f"{path} decodes to {image.width}x{image.height} (its EXIF orientation turns it), which is "
+                            "no A|B pair; save it without the orientation tag (or turned as it should be)")
         half = image.width // 2
         left, right = image.crop((0, 0, half, image.height)), image.crop((half, 0, image.width, image.height))
         source, target = (left, right) if self.direction == "AtoB" else (right, left)

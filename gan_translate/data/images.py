@@ -5,6 +5,8 @@ What a file becomes (one choice everywhere):
 - EXIF orientation is applied (the picture as viewers show it); the header-only size check agrees.
 - 16-bit grayscale (PIL modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` and ``I``, taken as 0..65535) is
   scaled to 8 bits (x / 257, rounded: 65535 -> 255), not clipped at 255 as PIL's ``convert("L")`` does.
+- 32-bit float images (mode ``F``, e.g. TIFF) whose values lie within [0, 1] are scaled to 0..255; others are
+  taken as 0..255 levels (clipped).
 - Transparency (RGBA, LA, PA, palette or grayscale/RGB images with a transparent colour) is composited
   onto white, as an image viewer or a browser shows it; the colour stored under transparent pixels is
   often arbitrary, so it is not used.
@@ -50,6 +52,11 @@ def convert(image: Image.Image, channels: int | None = None) -> Image.Image:
     if image.mode in SIXTEEN_BIT_MODES:
         # point() on mode I is a linear map (v * scale + offset) in PIL's C code; + 0.5 rounds.
         image = image.convert("I").point(lambda value: value / 257 + 0.5).convert("L")
+    elif image.mode == "F":
+        # Float images (32-bit TIFF) have no fixed range: values within [0, 1], what most pipelines write, are
+        # scaled to 0..255 (they read as black otherwise); others are taken as 0..255 levels. Clipped, rounded.
+        scale = 255.0 if image.getextrema()[1] <= 1.0 else 1.0
+        image = image.point(lambda value: value * scale + 0.5).convert("L")
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
