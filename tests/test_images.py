@@ -223,3 +223,14 @@ def test_dataset_tool_evaluation_and_predict_read_the_same_pixels(tmp_path, name
     Image.fromarray(dataset.astype(np.uint8)).save(tmp_path / "pred" / f"{stem}.png")
     scores = evaluate_folders(tmp_path / "pred", root / "trainA", TranslationMetrics(psnr=False, ssim=False))
     assert scores["l1"] == 0
+
+
+def test_paired_folders_resize_another_resolution_and_refuse_another_shape(tmp_path):
+    for domain in "AB":
+        (tmp_path / f"train{domain}").mkdir()
+    Image.fromarray(np.full((16, 16, 3), RED, np.uint8)).save(tmp_path / "trainA/x.png")
+    Image.fromarray(np.full((32, 32, 3), BLUE, np.uint8)).save(tmp_path / "trainB/x.png")
+    assert PairedFoldersDataset(tmp_path, "train")[0]["B"].shape[-2:] == (16, 16)  # another resolution: resized
+    Image.fromarray(np.full((16, 40, 3), BLUE, np.uint8)).save(tmp_path / "trainB/x.png")
+    with pytest.raises(DataError, match=r"trainB/x\.png \(40x16\) is not the shape of its partner .*x\.png \(16x16\)"):
+        PairedFoldersDataset(tmp_path, "train")[0]

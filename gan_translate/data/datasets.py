@@ -201,6 +201,10 @@ class PairedFoldersDataset(Dataset):
         source = TF.to_image(read_image(source_path, self.input_nc))
         target = TF.to_image(read_image(target_path, self.output_nc))
         if source.shape[-2:] != target.shape[-2:]:
+            (sh, sw), (th, tw) = source.shape[-2:], target.shape[-2:]
+            if abs(sw * th - sh * tw) > max(sh, th):  # another shape, not another resolution: not one scene
+                raise DataError(f"{target_path} ({tw}x{th}) is not the shape of its partner {source_path} ({sw}x{sh}); "
+                                "paired images must show the same view (another resolution is resized)")
             target = TF.resize(target, list(source.shape[-2:]), antialias=True)
         source, target = transformed(self.transform, source_path, source, target)
         return {"A": source, "B": target, "name": source_path.stem}
