@@ -124,6 +124,15 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     return None if value is None else float(value)
 
 
+def failure_summary(error: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker ("Caught DataError in DataLoader worker
+    process 1. Original Traceback: ..."), the original error's last line, which names the file."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        return text.strip().splitlines()[-1]
+    return text
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     silence_known_warnings()
@@ -131,7 +140,7 @@ def main(cfg: DictConfig) -> float | None:
         return train(cfg)
     except Exception as error:
         # Hydra made the run folder before the job started: its train.log says why the run stopped there.
-        log.error("run failed: %s: %s", type(error).__name__, error)
+        log.error("run failed: %s: %s", type(error).__name__, failure_summary(error))
         raise
 
 

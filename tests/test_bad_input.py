@@ -221,3 +221,22 @@ def test_predict_refuses_files_that_are_not_our_checkpoints(tmp_path, content):
     cfg.merge_with({"ckpt_path": str(path), "input": str(tmp_path / "in.png"), "output_dir": str(tmp_path / "o")})
     with pytest.raises(CheckpointError, match=expected):
         predict(cfg)
+
+
+class _UnreadableItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise DataError(f"cannot read image /data/train/bad{index}.png: image file is truncated")
+
+
+def test_the_failure_line_names_the_file_also_from_a_loader_worker():
+    """train's 'run failed' line said only "Caught DataError in DataLoader worker process 0"."""
+    from gan_translate.train import failure_summary
+
+    with pytest.raises(DataError) as error:
+        next(iter(torch.utils.data.DataLoader(_UnreadableItems(), num_workers=1)))
+    assert str(error.value).startswith("Caught DataError in DataLoader worker")
+    assert failure_summary(error.value).endswith("cannot read image /data/train/bad0.png: image file is truncated")
+    assert failure_summary(ValueError("plain")) == "plain"
