@@ -278,13 +278,14 @@ class IntervalCheckpoint(ModelCheckpoint):
 
 
 # ----- which checkpoint to resume from -----
-def resume_checkpoint(ckpt_path: str | None, resume: str | None) -> str | None:
+def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from.
 
     ``ckpt_path=FILE`` resumes from that file into a new run folder; ``resume=RUN_DIR`` continues the
     run in its own folder (``hydra.run.dir`` is set to RUN_DIR by conf/train.yaml) from
     ``RUN_DIR/checkpoints/last.ckpt``, or starts it if that does not exist yet, so the same command can
-    be re-submitted after every preemption.
+    be re-submitted after every preemption. A new run in ``output_dir`` that already holds a run's
+    ``last.ckpt`` (a ``hydra.run.dir`` given twice) is refused: it would overwrite that run's checkpoints.
     """
     if ckpt_path and resume:
         raise ValueError("give either ckpt_path=FILE (resume into a new run folder) or resume=RUN_DIR, not both")
@@ -293,6 +294,12 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None) -> str | None:
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
         return str(ckpt_path)
     if not resume:
+        if output_dir is not None and (Path(output_dir) / LAST_CHECKPOINT).is_file():
+            raise FileExistsError(
+                f"the run folder {output_dir} already holds a run ({LAST_CHECKPOINT}), which a new run would "
+                f"overwrite: continue it with resume={output_dir}, or start this run in another folder "
+                "(hydra.run.dir=..., or leave it out for a new dated folder)"
+            )
         return None
     run_dir = Path(resume)
     if run_dir.is_file():

@@ -93,7 +93,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
     check_training_sizes(model, datamodule)  # before the Trainer: a size no network takes fails here, naming keys
-    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"))
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"), cfg.paths.output_dir)
     if ckpt_path:
         check_resumable(ckpt_path, model)
     history = ValidationHistory()

@@ -78,6 +78,18 @@ def test_resume_dir_without_checkpoint_starts_fresh_and_rejects_conflicts(tmp_pa
         resume_checkpoint(None, str(tmp_path / "file.ckpt"))
 
 
+def test_a_new_run_in_a_folder_that_holds_a_run_is_refused(tmp_path):
+    """hydra.run.dir given twice: the second run overwrote the first one's last.ckpt (Lightning only warns)."""
+    run = tmp_path / "run"
+    train(compose_train("trainer.max_epochs=1", f"paths.output_dir={run}"))
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(FileExistsError, match=f"already holds a run .*resume={run}"):
+        train(compose_train("trainer.max_epochs=1", f"paths.output_dir={run}"))
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+    train(compose_train("trainer.max_epochs=2", f"resume={run}", f"paths.output_dir={run}"))  # continuing is fine
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
 def test_last_checkpoint_holds_the_final_epoch_whatever_its_interval(tmp_path):
     """last.ckpt every 2 epochs, a 3-epoch run: it still ends with epoch 3's weights (3 x 3 batches x 2 steps),
     the same as with a save every epoch, and continuing from either gives the same run."""
