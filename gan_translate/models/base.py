@@ -402,9 +402,11 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._metrics_active:
-            # compute() already synchronises the metric states across processes.
+            # compute() already synchronises the metric states across processes, so every rank holds the same
+            # values: sync_dist averages equal numbers (a few scalars per validation) and silences Lightning's
+            # "use sync_dist=True" warning under DDP.
             values = self.metrics.compute()
-            self.log_dict({f"val/{name}": float(value) for name, value in values.items()})
+            self.log_dict({f"val/{name}": float(value) for name, value in values.items()}, sync_dist=True)
             self.metrics.reset()
             self._metrics_active = False
 
