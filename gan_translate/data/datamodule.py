@@ -117,8 +117,7 @@ class TranslationDataModule(pl.LightningDataModule):
         if stage in ("fit", None) and self.train_set is None:
             self.train_set = self.make_dataset("train", train=True)
             if self.train_set is None:
-                where = f" under data.root={self.root}" if getattr(self, "root", None) else ""
-                raise DataError(f"{type(self).__name__}: no training split found{where}")
+                raise DataError(f"{type(self).__name__}: no training split found{self._under_root()}")
         if stage in ("fit", "validate", None) and self.val_set is None:
             self.val_set = self.make_dataset("val", train=False)
             if self.val_set is None:
@@ -130,9 +129,9 @@ class TranslationDataModule(pl.LightningDataModule):
                         "split to keep the test split unseen."
                     )
                 elif stage == "fit":
-                    where = f" under data.root={self.root}" if getattr(self, "root", None) else ""
                     rank_zero_warn(
-                        f"{type(self).__name__}: no val (or test) split found{where}, so this run has no validation: "
+                        f"{type(self).__name__}: no val (or test) split found{self._under_root()}, so this run has no "
+                        "validation: "
                         "no val/* metrics and no best checkpoint (last.ckpt is still saved; sample grids show training "
                         "images). The split folders are named val/ (valA/, valB/) or test/."
                     )
@@ -145,6 +144,10 @@ class TranslationDataModule(pl.LightningDataModule):
             )
         if self.device_cache and self.train_set is not None and self.train_cache is None:
             self.train_cache = DeviceCache.build(self)
+
+    def _under_root(self) -> str:
+        """Where the splits were looked for, for messages (" under data.root=..."); empty for the embedded data."""
+        return f" under data.root={self.root}" if getattr(self, "root", None) else ""
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader | list:
         if dataset is None:

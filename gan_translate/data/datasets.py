@@ -15,8 +15,16 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 # The one image reader (gan_translate.data.images); re-exported here, where predict and the tools import it.
-from gan_translate.data.images import DataError, check_readable, convert, image_mode, image_size, read_image  # noqa: F401
-from gan_translate.data.transforms import crop_advice
+from gan_translate.data.images import (  # noqa: F401
+    DataError,
+    check_readable,
+    convert,
+    image_mode,
+    image_size,
+    read_image,
+    same_shape,
+)
+from gan_translate.data.transforms import advice_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -62,10 +70,8 @@ def transformed(transform: Callable | None, path: Path, *images):
     try:
         return transform(*images)
     except ValueError as error:
-        # The mode's own advice where build_transform made the pipeline; a user's transform gets the general one.
-        advice = getattr(transform, "advice", None) or crop_advice(None)
         raise DataError(
-            f"{path} ({images[0].shape[-1]}x{images[0].shape[-2]}): {str(error).rstrip('.')}; {advice}"
+            f"{path} ({images[0].shape[-1]}x{images[0].shape[-2]}): {str(error).rstrip('.')}; {advice_of(transform)}"
         ) from error
 
 
@@ -202,7 +208,7 @@ class PairedFoldersDataset(Dataset):
         target = TF.to_image(read_image(target_path, self.output_nc))
         if source.shape[-2:] != target.shape[-2:]:
             (sh, sw), (th, tw) = source.shape[-2:], target.shape[-2:]
-            if abs(sw * th - sh * tw) > max(sh, th):  # another shape, not another resolution: not one scene
+            if not same_shape((sw, sh), (tw, th)):  # another shape, not another resolution: not one scene
                 raise DataError(f"{target_path} ({tw}x{th}) is not the shape of its partner {source_path} ({sw}x{sh}); "
                                 "paired images must show the same view (another resolution is resized)")
             target = TF.resize(target, list(source.shape[-2:]), antialias=True)
@@ -230,8 +236,9 @@ class UnalignedDataset(Dataset):
     ) -> None:
         self.files_a = list_images(Path(root) / f"{split}A", what=f"CycleGAN domain A ({split}A)")
         self.files_b = list_images(Path(root) / f"{split}B", what=f"CycleGAN domain B ({split}B)")
-        if check_files:  # headers up front, as for the aligned layout: a bad file fails before training
-            check_readable(self.files_a + self.files_b)
+        # Headers up front, as for the aligned layout: a bad file fails before training. The sizes serve
+        # source_sizes; with check_files=False (on_bad_image=skip) it reads the headers itself.
+        self._sizes = check_readable(self.files_a + self.files_b) if check_files else None
         self.input_nc, self.output_nc = input_nc, output_nc
         self.transform_a, self.transform_b = transform_a, transform_b
         self.serial = serial
@@ -245,7 +252,7 @@ class UnalignedDataset(Dataset):
         sizes: dict[tuple[int, int], str] = {}
         for path in self.files_a + self.files_b:
             try:
-                width, height = image_size(path)
+                width, height = self._sizes[path] if self._sizes is not None else image_size(path)
             except DataError:
                 continue
             sizes.setdefault((height, width), f"{path.parent.name}/{path.name}")

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from gan_translate.data.datasets import DataError, SkipBadImages, UnalignedDataset
-from gan_translate.data.transforms import MakeDivisible, ScaleWidth, crop_advice
+from gan_translate.data.transforms import MakeDivisible, ScaleWidth, advice_of
 
 if TYPE_CHECKING:
     from gan_translate.data.datamodule import TranslationDataModule
@@ -183,7 +183,7 @@ class DeviceCache:
                     has_name_b = "name_B" in item
         probes = tuple(torch.zeros((), dtype=torch.uint8).expand(images[d].shape[1:]) for d in "AB")
         for domain, probe in zip("AB", probes, strict=True):
-            check_crops(steps, probe, domain, getattr(transform, "advice", None) or crop_advice(None))
+            check_crops(steps, probe, domain, advice_of(transform))
         draws = RandomDraws(len(train_set), sizes, datamodule.paired, random_b, steps, probes,
                             (names["A"], names["B"] if has_name_b else None))
         tables = {d: value_table(per_value, images[d].shape[1]) for d in "AB"}

@@ -94,14 +94,23 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return width, height
 
 
-def check_readable(paths: Iterable[str | Path]) -> None:
-    """Open every file's header (cheap) and raise one DataError naming all files that cannot be read."""
+def check_readable(paths: Iterable[str | Path]) -> dict[Path, tuple[int, int]]:
+    """Open every file's header (cheap) and raise one DataError naming all files that cannot be read; returns
+    each file's (width, height), as :func:`image_size` gives it, for callers that need the sizes too."""
     bad: list[str] = []
+    sizes: dict[Path, tuple[int, int]] = {}
     for path in paths:
         try:
-            image_size(path)
+            sizes[Path(path)] = image_size(path)
         except DataError as error:
             cause = error.__cause__
             bad.append(f"{path} ({type(cause).__name__}: {cause})")
     if bad:
         raise DataError("unreadable image file(s): " + "; ".join(bad))
+    return sizes
+
+
+def same_shape(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether two (width, height) sizes have one aspect ratio, up to the rounding of a resize (one pixel)."""
+    (width, height), (other_width, other_height) = size, other
+    return abs(width * other_height - height * other_width) <= max(height, other_height)

@@ -210,15 +210,15 @@ def split_names(
 def _check_output_dirs(out_dir: Path, splits: Iterable[str], overwrite: bool, inputs: Iterable[Path] = ()) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetToolError(f"output path exists and is not a directory: {out_dir}")
-    splits = list(splits)
+    splits, inputs = list(splits), list(inputs)
     for split in splits:
-        if (out_dir / split).exists() and not (out_dir / split).is_dir():
-            raise DatasetToolError(f"output path exists and is not a directory: {out_dir / split}")
-    for source in inputs:
-        for split in splits:
-            if (out_dir / split).resolve() == source.resolve():
+        folder = out_dir / split
+        if folder.exists() and not folder.is_dir():
+            raise DatasetToolError(f"output path exists and is not a directory: {folder}")
+        for source in inputs:
+            if folder.resolve() == source.resolve():
                 raise DatasetToolError(
-                    f"the output folder {out_dir / split} is the input folder {source}: writing the pairs there "
+                    f"the output folder {folder} is the input folder {source}: writing the pairs there "
                     "would replace or mix with the input images; choose another output folder"
                 )
     if overwrite:
@@ -267,18 +267,16 @@ class _StagedOutput:
 @contextlib.contextmanager
 def _staged_output(out_dir: Path) -> Iterator[_StagedOutput]:
     """A staging folder inside ``out_dir``, removed on exit; ``out_dir`` itself is removed again when this
-    created it and the build failed before moving anything in."""
+    created it and nothing was moved in (the build failed)."""
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
         yield _StagedOutput(staging)
-    except BaseException:
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------

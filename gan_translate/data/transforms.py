@@ -84,6 +84,11 @@ def crop_advice(preprocess: str | None, load_size: int | None = None, crop_size:
     return f"use data.preprocess=resize_and_crop or scale_width_and_crop (which resize first), {smaller}"
 
 
+def advice_of(transform: Any) -> str:
+    """The crop advice of a :class:`Preprocess` pipeline; the general one for a user's own transform."""
+    return getattr(transform, "advice", None) or crop_advice(None)
+
+
 def build_transform(
     preprocess: str = "resize_and_crop",
     load_size: int = 286,

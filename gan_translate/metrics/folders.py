@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from gan_translate.data.datasets import IMAGE_EXTENSIONS, index_by_stem, list_images
-from gan_translate.data.images import read_image
+from gan_translate.data.images import read_image, same_shape
 
 from .translation import TranslationMetrics
 
@@ -63,8 +63,9 @@ def evaluate_folders(
     ``pred_dir/x.png`` is paired with ``target_dir/x.<any image extension>``. Every stem must exist on both sides,
     otherwise a ValueError lists the unmatched names. Images are read as RGB by ``load_image``. If a target's size
     differs from its prediction's, the *target* is resized (bicubic) to the prediction's size, so metrics are
-    measured at the resolution the model produced (a warning names targets whose aspect ratio that changes). Predictions within a batch may differ in size from each other only if
-    ``batch_size=1``; otherwise the batch is split by size automatically.
+    measured at the resolution the model produced; a warning names the targets whose aspect ratio that changes.
+    Predictions within a batch may differ in size from each other only if ``batch_size=1``; otherwise the batch is
+    split by size automatically.
 
     ``metrics`` is reset first and left holding this evaluation's state. Returns the computed metrics plus
     ``num_images`` (number of pairs evaluated; ``max_images`` of ``metrics`` may cap what the metrics saw).
@@ -105,7 +106,7 @@ def evaluate_folders(
             continue
         if problem:
             raise ValueError(f"prediction {preds[stem]}: {problem}")
-        if abs(tw * ph - th * pw) > max(th, ph):  # another aspect ratio than rounding gives
+        if not same_shape((tw, th), (pw, ph)):
             reshaped.append((targets[stem].name, tw, th, pw, ph))
     if reshaped:
         examples = "; ".join(f"{name} {tw}x{th} -> {pw}x{ph}" for name, tw, th, pw, ph in reshaped[:3])
