@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,40 @@ class IntervalCheckpoint(ModelCheckpoint):
 
 
 # ----- which checkpoint to resume from -----
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run in ``run_dir`` would overwrite the run whose ``last.ckpt`` it holds: refuse it."""
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        raise FileExistsError(
+            f"the run folder {run_dir} already holds a run ({LAST_CHECKPOINT}), which a new run would "
+            f"overwrite: continue it with resume={run_dir}, or start this run in another folder "
+            "(hydra.run.dir=..., or leave it out for a new dated folder)"
+        )
+
+
+class ExistingRunGuard(HydraCallback):
+    """The same refusal, made before Hydra writes the run folder's ``.hydra/`` (config.yaml, overrides.yaml):
+    by the time ``train`` runs, Hydra has already replaced the old run's record of its config with the new one.
+    Registered in conf/train.yaml under ``hydra.callbacks``. Hydra turns an exception raised in a callback into
+    a warning and goes on, so the refusal leaves through SystemExit (exit status 1, the message on stderr)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.get("resume"):
+            try:
+                refuse_existing_run(Path(OmegaConf.select(config, "hydra.run.dir")))
+            except FileExistsError as error:
+                raise SystemExit(f"error: {error}") from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A sweep into a sweep folder used before: its jobs' folders (0/, 1/ ...) would be overwritten.
+        sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))
+        held = sorted(sweep_dir.glob(f"*/{LAST_CHECKPOINT}"))
+        if held and not config.get("resume"):
+            raise SystemExit(
+                f"error: the sweep folder {sweep_dir} already holds runs ({held[0].relative_to(sweep_dir)}), which "
+                "this sweep would overwrite: give it another hydra.sweep.dir, or leave it out for a new dated folder"
+            )
+
+
 def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str | None = None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from.
 
@@ -294,12 +329,8 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
         return str(ckpt_path)
     if not resume:
-        if output_dir is not None and (Path(output_dir) / LAST_CHECKPOINT).is_file():
-            raise FileExistsError(
-                f"the run folder {output_dir} already holds a run ({LAST_CHECKPOINT}), which a new run would "
-                f"overwrite: continue it with resume={output_dir}, or start this run in another folder "
-                "(hydra.run.dir=..., or leave it out for a new dated folder)"
-            )
+        if output_dir is not None:
+            refuse_existing_run(Path(output_dir))
         return None
     run_dir = Path(resume)
     if run_dir.is_file():

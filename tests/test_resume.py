@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_module
 from hydra import compose, initialize_config_dir
 
 from gan_translate.resume import AtomicCheckpointIO, NonFiniteCheckpointError, resume_checkpoint
@@ -88,6 +89,28 @@ def test_a_new_run_in_a_folder_that_holds_a_run_is_refused(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
     train(compose_train("trainer.max_epochs=2", f"resume={run}", f"paths.output_dir={run}"))  # continuing is fine
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_the_command_line_refuses_it_before_hydra_rewrites_the_run_record(tmp_path):
+    """Through Hydra: the refusal comes before Hydra writes .hydra/ into the folder, so the first run's record
+    of its config survives; a sweep into a used sweep folder is refused the same way; resume= still continues."""
+    run, sweep = tmp_path / "run", tmp_path / "sweep"
+    tiny = [*TINY, "trainer.max_epochs=1", "data.train_length=4"]
+    run_module("gan_translate.train", *tiny, f"hydra.run.dir={run}", cwd=tmp_path)
+    record = (run / ".hydra" / "config.yaml").read_bytes()
+    again = run_module("gan_translate.train", *tiny, "loss.lambda_l1=1", f"hydra.run.dir={run}", cwd=tmp_path,
+                       check=False)
+    assert again.returncode != 0 and f"resume={run}" in again.stderr
+    assert (run / ".hydra" / "config.yaml").read_bytes() == record
+    run_module("gan_translate.train", *tiny, "trainer.max_epochs=2", f"resume={run}", cwd=tmp_path)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # 2 epochs x 1 batch x 2 steps
+
+    run_module("gan_translate.train", "-m", *tiny, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    record = (sweep / "0" / ".hydra" / "config.yaml").read_bytes()
+    again = run_module("gan_translate.train", "-m", *tiny, "loss.lambda_l1=1,2", f"hydra.sweep.dir={sweep}",
+                       cwd=tmp_path, check=False)
+    assert again.returncode != 0 and "already holds runs" in again.stderr
+    assert (sweep / "0" / ".hydra" / "config.yaml").read_bytes() == record and not (sweep / "1").exists()
 
 
 def test_last_checkpoint_holds_the_final_epoch_whatever_its_interval(tmp_path):
