@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_subpackage_is_listed_for_the_wheel():
-    # pyproject.toml lists packages explicitly (conf/ is mapped into the package); a new subpackage that is
-    # not listed would be missing from every wheel.
+    # pyproject.toml lists packages explicitly (conf/ is mapped into the package); a new subpackage or config
+    # group that is not listed would be missing from every wheel (or make setuptools warn at install).
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set(find_packages(where=str(ROOT), include=["gan_translate*"]))
+    found |= {f"gan_translate.conf.{group.name}" for group in (ROOT / "conf").iterdir() if group.is_dir()}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
 
 
