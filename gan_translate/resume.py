@@ -43,6 +43,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+EXCEPTION_CHECKPOINT = Path("checkpoints") / "on_exception.ckpt"  # ExceptionCheckpoint's file
 
 
 def _first_set(*values: Any) -> Any:
@@ -194,26 +195,42 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-class ExceptionCheckpoint(OnExceptionCheckpoint):
+class ExceptionCheckpoint(pl.Callback):
     """Lightning's ``OnExceptionCheckpoint``: when a run fails (a data error found at the end of an epoch, Ctrl+C,
     out of memory), its state at that moment goes to ``checkpoints/on_exception.ckpt``, so that the training since
-    the last checkpoint is not lost: ``ckpt_path=.../on_exception.ckpt`` continues from it once the cause is fixed.
+    the last checkpoint is not lost: ``ckpt_path=.../on_exception.ckpt`` (or ``resume=RUN_DIR``) continues from it
+    once the cause is fixed.
 
     Not under several processes (the save waits at a barrier that a rank stuck in a collective never reaches: a
     hang instead of an error), nor before the first optimizer step (nothing to keep), and a failing save never hides
     the run's own error. Lightning deletes the file when a later run in this folder ends normally.
+
+    Lightning's callback is held, not subclassed: with an ``OnExceptionCheckpoint`` among the callbacks,
+    ``fit(ckpt_path=None)`` becomes ``"last"``, which silently resumed a new run from any ``on_exception.ckpt`` or
+    ``last.ckpt`` it found, past the checks of ``check_resumable``. Which checkpoint a run resumes from is decided
+    by ``resume_checkpoint`` alone.
     """
+
+    def __init__(self, dirpath: str, filename: str = "on_exception") -> None:
+        self.saver = OnExceptionCheckpoint(dirpath, filename)
+
+    @property
+    def ckpt_path(self) -> str:
+        return self.saver.ckpt_path
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if trainer.world_size > 1 or trainer.global_step == 0:
             return
         try:
-            super().on_exception(trainer, pl_module, exception)
+            self.saver.on_exception(trainer, pl_module, exception)
         except Exception as error:  # noqa: BLE001 - the run's own exception is the one to raise
             log.warning("the state at the failure could not be saved to %s: %s", self.ckpt_path, error)
             return
         log.error("the state at the failure (optimizer step %d) is saved: continue from it with ckpt_path=%s",
                   trainer.global_step, self.ckpt_path)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.saver.teardown(trainer, pl_module, stage)
 
 
 # ----- mid-epoch checkpoints -----
@@ -279,11 +296,17 @@ class IntervalCheckpoint(ModelCheckpoint):
 
 
 # ----- which checkpoint to resume from -----
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints a run in ``run_dir`` continues from: ``last.ckpt`` and the state saved at a failure."""
+    return [path for path in (run_dir / LAST_CHECKPOINT, run_dir / EXCEPTION_CHECKPOINT) if path.is_file()]
+
+
 def refuse_existing_run(run_dir: Path) -> None:
-    """A new run in ``run_dir`` would overwrite the run whose ``last.ckpt`` it holds: refuse it."""
-    if (run_dir / LAST_CHECKPOINT).is_file():
+    """A new run in ``run_dir`` would overwrite the run whose checkpoints it holds: refuse it."""
+    held = run_checkpoints(run_dir)
+    if held:
         raise FileExistsError(
-            f"the run folder {run_dir} already holds a run ({LAST_CHECKPOINT}), which a new run would "
+            f"the run folder {run_dir} already holds a run ({held[0].relative_to(run_dir)}), which a new run would "
             f"overwrite: continue it with resume={run_dir}, or start this run in another folder "
             "(hydra.run.dir=..., or leave it out for a new dated folder)"
         )
@@ -305,7 +328,7 @@ class ExistingRunGuard(HydraCallback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # A sweep into a sweep folder used before: its jobs' folders (0/, 1/ ...) would be overwritten.
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))
-        held = sorted(sweep_dir.glob(f"*/{LAST_CHECKPOINT}"))
+        held = sorted(path for job_dir in sweep_dir.glob("*") for path in run_checkpoints(job_dir))
         if held and not config.get("resume"):
             raise SystemExit(
                 f"error: the sweep folder {sweep_dir} already holds runs ({held[0].relative_to(sweep_dir)}), which "
@@ -318,9 +341,10 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str
 
     ``ckpt_path=FILE`` resumes from that file into a new run folder; ``resume=RUN_DIR`` continues the
     run in its own folder (``hydra.run.dir`` is set to RUN_DIR by conf/train.yaml) from
-    ``RUN_DIR/checkpoints/last.ckpt``, or starts it if that does not exist yet, so the same command can
-    be re-submitted after every preemption. A new run in ``output_dir`` that already holds a run's
-    ``last.ckpt`` (a ``hydra.run.dir`` given twice) is refused: it would overwrite that run's checkpoints.
+    ``RUN_DIR/checkpoints/last.ckpt`` (or ``on_exception.ckpt`` when a failure saved a newer state), or starts it
+    if neither exists yet, so the same command can be re-submitted after every preemption. A new run in
+    ``output_dir`` that already holds a run's checkpoints (a ``hydra.run.dir`` given twice) is refused: it would
+    overwrite them.
     """
     if ckpt_path and resume:
         raise ValueError("give either ckpt_path=FILE (resume into a new run folder) or resume=RUN_DIR, not both")
@@ -335,10 +359,12 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str
     run_dir = Path(resume)
     if run_dir.is_file():
         raise ValueError(f"resume= takes a run folder, got the file {run_dir}; use ckpt_path={run_dir}")
-    last = run_dir / LAST_CHECKPOINT
-    if last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
+    held = run_checkpoints(run_dir)
+    if held:
+        # The newer one: a run that failed after its last.ckpt continues from the state saved at the failure.
+        latest = max(held, key=lambda path: path.stat().st_mtime)
+        log.info("resuming from %s", latest)
+        return str(latest)
     log.info("resume=%s: no %s yet, starting the run there", run_dir, LAST_CHECKPOINT)
     return None
 

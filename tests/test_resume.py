@@ -313,8 +313,16 @@ def test_a_failure_in_validation_keeps_the_epoch_in_on_exception_ckpt(tmp_path, 
     saved = tmp_path / "failed" / "checkpoints" / "on_exception.ckpt"
     assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 2 * 4  # epoch 0 kept
     assert "continue from it with ckpt_path=" in caplog.text
+    # A new run in that folder neither resumes from it silently (Lightning's "last" rule with an
+    # OnExceptionCheckpoint among the callbacks did) nor overwrites it.
+    with pytest.raises(FileExistsError, match="on_exception.ckpt"):
+        run("failed")
     broken.write_bytes(good)
     run("resumed", f"ckpt_path={saved}")
     run("uninterrupted")
     assert_same_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt",
                         tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt")
+    run("failed", f"resume={tmp_path / 'failed'}")  # resume= continues from the state saved at the failure
+    assert_same_weights(tmp_path / "failed" / "checkpoints" / "last.ckpt",
+                        tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt")
+    assert not saved.exists()  # the finished run removed it
