@@ -204,6 +204,8 @@ class ParameterSummary(ModelSummary):
 
 def send_image(trainer, key: str, image: torch.Tensor, caption: str | None = None) -> None:
     """Send one image (C x H x W in [0, 1]) to every image-capable logger (W&B, TensorBoard)."""
+    # A plain tensor: wandb.Image refuses torch subclasses such as torchvision's tv_tensors.Image.
+    image = image.as_subclass(torch.Tensor)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[image], caption=[caption or key])

@@ -93,6 +93,18 @@ def test_wandb_runs_in_one_process_stay_separate(tmp_path, offline_wandb):
     assert b"train/loss_G_L1" in _wandb_record(second, "train/loss_G_L1")
 
 
+def test_model_figures_reach_wandb(tmp_path, offline_wandb):
+    """The AAE's latent scatter plot (a torchvision Image tensor) made W&B's image logging fail at the end of the
+    first validation, losing the run."""
+    from conftest import compose_train as compose
+    from test_gan_family import tiny
+
+    from gan_translate.train import train
+
+    train(compose(tiny("aae", "logger=wandb"), tmp_path))
+    assert list((tmp_path / "wandb").glob("offline-run-*/files/media/images/latent_*.png"))
+
+
 def test_no_logger_run_trains(tmp_path):
     """logger=none with the default callbacks (LearningRateMonitor needs a logger: it is left out)."""
     assert tiny_run(tmp_path, ["logger=none", "monitor.metric=val/psnr", "monitor.mode=max"]) is not None
