@@ -52,6 +52,11 @@ class MissingWeightsError(FileNotFoundError):
     """Pretrained weights are not available locally (the message names the command that fetches them)."""
 
 
+class NamedWeightsMissingError(MissingWeightsError):
+    """A weights file named by a setting or an environment variable does not exist: an error even where the metric
+    is only switched on when its weights are found ("auto"), since the user asked for that file."""
+
+
 class WeightsError(RuntimeError):
     """A fetch failed: pip, a download, an archive without the expected file, or a checksum mismatch."""
 

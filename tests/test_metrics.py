@@ -24,6 +24,7 @@ from gan_translate.metrics import (
     build_metrics,
     evaluate_folders,
 )
+from gan_translate.metrics.translation import selection_metric
 from gan_translate.weights import cache_dir, find_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -309,6 +310,23 @@ def test_nonexistent_fid_weights_path_is_an_error_not_a_fallback(no_weights_env,
     monkeypatch.setenv(FID_WEIGHTS_ENV, str(no_weights_env / "also_missing.pt"))
     with pytest.raises(MissingWeightsError, match=FID_WEIGHTS_ENV):
         TranslationMetrics(fid=True)
+
+
+def test_a_named_missing_weights_file_is_an_error_under_auto_too(no_weights_env, monkeypatch):
+    """metrics=default switches FID and LPIPS on when found ("auto"): a path the user gave that does not exist
+    quietly dropped the metric, and with it the checkpoint-selection metric."""
+    with pytest.raises(MissingWeightsError, match="metrics.fid_weights=.*no_such.pt"):
+        TranslationMetrics(fid="auto", lpips=False, fid_weights=str(no_weights_env / "no_such.pt"))
+    with pytest.raises(MissingWeightsError, match="metrics.lpips_weights"):
+        TranslationMetrics(fid=False, lpips="auto", lpips_weights=str(no_weights_env / "no_such_dir"))
+    with pytest.raises(MissingWeightsError, match="no_such.pt"):
+        selection_metric({"fid": "auto", "fid_weights": str(no_weights_env / "no_such.pt")}, paired=True)
+    monkeypatch.setenv(FID_WEIGHTS_ENV, str(no_weights_env / "also_missing.pt"))
+    with pytest.raises(MissingWeightsError, match=FID_WEIGHTS_ENV):
+        TranslationMetrics(fid="auto", lpips=False)
+    monkeypatch.delenv(FID_WEIGHTS_ENV)
+    # Nothing named and nothing cached: "auto" is off, quietly.
+    assert TranslationMetrics(fid="auto", lpips="auto").output_keys == ["l1", "psnr", "ssim"]
 
 
 def test_missing_lpips_weights_error(no_weights_env):

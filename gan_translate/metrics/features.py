@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_translate.weights import MissingWeightsError, cache_dir, fetch_command, find_weights
+from gan_translate.weights import (
+    MissingWeightsError,
+    NamedWeightsMissingError,
+    cache_dir,
+    fetch_command,
+    find_weights,
+)
 
 FID_WEIGHTS_ENV = "GAN_TRANSLATE_FID_WEIGHTS"
 FID_WEIGHTS_FILENAME = "fid_inception_v3.pt"
@@ -61,7 +67,7 @@ def explicit_weights(
     if path.is_dir():
         path = path / filename
     if not path.is_file():
-        raise MissingWeightsError(missing(f"{source}={value!s}: no such file {path}"))
+        raise NamedWeightsMissingError(missing(f"{source}={value!s}: no such file {path}"))
     return path
 
 

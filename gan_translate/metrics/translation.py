@@ -43,6 +43,7 @@ from torchmetrics import Metric
 
 from .features import (
     MissingWeightsError,
+    NamedWeightsMissingError,
     _MemoFeatures,
     _torch_fidelity_cached_weights,
     build_fid_feature_extractor,
@@ -54,8 +55,12 @@ __all__ = ["TranslationMetrics", "build_metrics", "selection_metric"]
 
 
 def _found(resolve: Callable[[], object]) -> bool:
+    """Whether weights are found; a file named by a key or an environment variable that does not exist still
+    raises (NamedWeightsMissingError): "auto" must not quietly drop a metric that the user pointed at."""
     try:
         return resolve() is not None
+    except NamedWeightsMissingError:
+        raise
     except MissingWeightsError:
         return False
 
