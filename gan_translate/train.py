@@ -62,8 +62,18 @@ def check_resumable(ckpt_path: str, model: GANModule) -> None:
 def choose_monitor(cfg: DictConfig) -> str | None:
     """Resolve ``monitor.metric=auto`` in ``cfg`` (see conf/train.yaml); returns the metric, or None when no
     metric fit for picking checkpoints is available (then only last.ckpt and periodic checkpoints are kept)."""
-    if cfg.monitor.metric != "auto":
-        return cfg.monitor.metric
+    metric = cfg.monitor.metric if cfg.monitor.metric != "auto" else _auto_monitor(cfg)
+    best = (cfg.get("callbacks") or {}).get("best_checkpoint")
+    every = (cfg.get("metrics") or {}).get("every_n_epochs") or 1
+    if metric and best and every > 1 and best.get("every_n_epochs") is None:
+        # Validation metrics run every `every` epochs (the same (epoch + 1) % every rule as ModelCheckpoint's), and
+        # ModelCheckpoint fails at the end of a validation that lacks its monitored metric.
+        with open_dict(cfg):
+            best.every_n_epochs = every
+    return metric
+
+
+def _auto_monitor(cfg: DictConfig) -> str | None:
     paired = bool(getattr(get_class(cfg.model._target_), "paired", True))
     collection = (cfg.get("metrics") or {}).get("collection") or {}
     metric = selection_metric(collection, paired)

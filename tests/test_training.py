@@ -121,3 +121,14 @@ def test_pix2pix_on_aligned_folder_end_to_end(tmp_path):
     assert output.size == (40, 40)
     expected = Translator.from_checkpoint(path, device="cpu")(right_half)
     np.testing.assert_array_equal(np.asarray(output), np.asarray(expected))
+
+
+def test_metrics_every_few_epochs_pick_the_best_checkpoint_at_those_epochs(tmp_path):
+    """metrics.every_n_epochs=2 with a monitored metric: ModelCheckpoint failed at the end of epoch 0, whose
+    validation ran no metric; the best checkpoint now follows the metrics' epochs."""
+    cfg = compose_train([*TINY_OVERRIDES, "metrics.every_n_epochs=2", "monitor.metric=val/psnr", "monitor.mode=max",
+                         "trainer.max_epochs=3", "data.train_length=4"], tmp_path)
+    train(cfg)
+    assert [path.name for path in (tmp_path / "checkpoints").glob("best_*.ckpt")] == ["best_epoch001.ckpt"]
+    psnr = [row["val/psnr"] for row in read_metrics(tmp_path) if row.get("val/psnr")]
+    assert len(psnr) == 1
