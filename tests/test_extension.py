@@ -45,3 +45,33 @@ def test_train_and_predict(tmp_path):
     with torch.no_grad():
         expected = model(images)
     assert torch.allclose(Translator.from_checkpoint(path, device="cpu")(images), expected, atol=1e-6)
+
+
+class _Pix2PixWithHead(Pix2PixTV):
+    """A subclass that adds a trainable module and forgets to give it to an optimizer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.colour_head = torch.nn.Conv2d(3, 3, 1)
+
+    def optimizer_groups(self):
+        groups = super().optimizer_groups()
+        if self.head_in_generator_group:
+            groups["generator"] = [*groups["generator"], *self.colour_head.parameters()]
+        return groups
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_trainable_module_left_out_of_every_optimizer_is_named(tmp_path, listed):
+    """It would have stayed at its initial weights, silently (gradients computed, never applied)."""
+    cfg = compose_train([*TINY_OVERRIDES, "model=pix2pix_tv"], tmp_path)
+    cfg.model._target_ = f"{__name__}._Pix2PixWithHead"
+    model = build_model(cfg)
+    model.head_in_generator_group = listed
+    if listed:
+        optimizers, _ = model.configure_optimizers()
+        assert sum(len(group["params"]) for group in optimizers[0].param_groups) == len(
+            list(model.generator.parameters())) + 2
+    else:
+        with pytest.raises(ValueError, match=r"colour_head\.weight, colour_head\.bias.*optimizer_groups\(\)"):
+            model.configure_optimizers()

@@ -309,7 +309,8 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def configure_optimizers(self):
-        groups = self.optimizer_groups()
+        groups = {name: list(params) for name, params in self.optimizer_groups().items()}
+        self._check_every_trainable_parameter_is_optimized(groups)
         optimizers = [self.optimizer_factory(params) for params in groups.values()]
         self._check_clipping_possible(optimizers)
         if self.scheduler_factory is None:
@@ -330,6 +331,24 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
                 "LPIPS weights): set monitor.metric=val/... (and monitor.mode), or fetch the FID weights"
             )
         return optimizers, schedulers
+
+    def _check_every_trainable_parameter_is_optimized(self, groups: dict[str, list]) -> None:
+        # A module a subclass adds (a new head, a learned prior) trains only if optimizer_groups() lists it; left
+        # out, it silently stays at its initial weights while its gradients pile up.
+        optimized = {
+            id(param)
+            for params in groups.values()
+            for item in params
+            for param in (item["params"] if isinstance(item, dict) else [item])
+        }
+        missed = [name for name, param in self.named_parameters() if param.requires_grad and id(param) not in optimized]
+        if missed:
+            shown = ", ".join(missed[:5]) + (f" (+{len(missed) - 5} more)" if len(missed) > 5 else "")
+            raise ValueError(
+                f"{type(self).__name__}: parameters that require gradients are in none of optimizer_groups() "
+                f"({', '.join(groups)}): {shown}. Add them to a group in optimizer_groups(), or freeze them "
+                "(requires_grad_(False))"
+            )
 
     def _check_clipping_possible(self, optimizers: list[torch.optim.Optimizer]) -> None:
         # Under a GradScaler (16-mixed) a fused optimizer unscales the gradients inside its own step, so
