@@ -32,8 +32,10 @@ class Sampler:
     def __init__(self, model, device: str | torch.device = "auto", batch_size: int = 256) -> None:
         if not callable(getattr(model, "sampling_network", None)):
             raise CheckpointError(
-                f"{type(model).__name__} translates images rather than generating them from noise; use "
-                "gan_translate.Translator / `python -m gan_translate.predict` for it"
+                f"{type(model).__name__} has no sampling_network(): a translation model goes to "
+                "gan_translate.Translator / `python -m gan_translate.predict`; a model that generates from noise "
+                "subclasses gan_translate.models.generative.GenerativeGAN, which asks for latent() and "
+                "sampling_network()"
             )
         self.device = _resolve_device(device)
         self.model = model.to(self.device).eval().requires_grad_(False)
