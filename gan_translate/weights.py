@@ -52,6 +52,16 @@ class MissingWeightsError(FileNotFoundError):
     """Pretrained weights are not available locally (the message names the command that fetches them)."""
 
 
+def load_torchscript(path: str | Path):
+    """A TorchScript weights file (the standard FID Inception is only published as one), on the CPU. Without
+    torch.jit.load's deprecation notice, which every run printed and which says nothing about the file."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 class NamedWeightsMissingError(MissingWeightsError):
     """A weights file named by a setting or an environment variable does not exist: an error even where the metric
     is only switched on when its weights are found ("auto"), since the user asked for that file."""
@@ -372,9 +382,7 @@ def _check_loadable(spec: WeightsSpec, path: Path, origin: str) -> None:
 
     try:
         if spec.filename.endswith(".pt"):
-            with warnings.catch_warnings():  # torch.jit.load's deprecation notice says nothing about this file
-                warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.load(str(path), map_location="cpu")  # (from a path: loading from a buffer fails)
+            load_torchscript(path)  # (from a path: loading from a buffer fails)
             return
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised naming the file

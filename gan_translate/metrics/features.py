@@ -32,6 +32,7 @@ from gan_translate.weights import (
     cache_dir,
     fetch_command,
     find_weights,
+    load_torchscript,
 )
 
 FID_WEIGHTS_ENV = "GAN_TRANSLATE_FID_WEIGHTS"
@@ -113,7 +114,7 @@ class InceptionFeatureExtractor(nn.Module):
         if not path.is_file():
             raise MissingWeightsError(_fid_missing_message(f"no such file {path}"))
         try:
-            net = torch.jit.load(str(path), map_location="cpu")
+            net = load_torchscript(path)
         except Exception as err:  # noqa: BLE001 - re-raised with the file named
             raise RuntimeError(
                 f"Could not load FID Inception TorchScript file {path} (metrics.fid_weights): {err}"
@@ -136,7 +137,7 @@ class InceptionFeatureExtractor(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self.net = torch.jit.load(self.weights_path, map_location="cpu")
+        self.net = load_torchscript(self.weights_path)
         self.requires_grad_(False)
         self.eval()
 
