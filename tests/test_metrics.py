@@ -193,12 +193,20 @@ def test_kid_with_fewer_images_than_subset_size():
     real = _images(8, seed=8)
     m.update(_images(8, seed=9, low=-1.0, high=-0.2), real)
     out = m.compute()
-    assert math.isfinite(out["kid_mean"]) and math.isfinite(out["kid_std"])
+    # 8 images a side, subsets of 8: every subset is the whole set, so there is no spread to report.
+    assert math.isfinite(out["kid_mean"]) and math.isnan(out["kid_std"])
     assert out["kid_mean"] > 0
     m.reset()
     assert m._metrics["kid"].subset_size == 100  # configured value restored after reset
     m.update(real, real)
     assert abs(m.compute()["kid_mean"]) < abs(out["kid_mean"])
+
+
+def test_kid_std_from_subsets_smaller_than_the_set():
+    m = TranslationMetrics(paired=False, kid=True, kid_subset_size=6, feature_extractor=TinyFeatureExtractor(32))
+    m.update(_images(12, seed=9, low=-1.0, high=-0.2), _images(12, seed=8))
+    out = m.compute()
+    assert math.isfinite(out["kid_std"]) and out["kid_std"] > 0
 
 
 def test_fid_kid_with_one_image_is_nan_with_warning():

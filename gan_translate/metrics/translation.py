@@ -9,7 +9,8 @@ Images come in as float tensors ``N x C x H x W`` in ``[-1, 1]`` (generator tanh
 * ``ssim``: torchmetrics SSIM (gaussian 11x11, sigma 1.5) with ``data_range=1`` on ``[0, 1]``, mean over images.
 * ``lpips``: mean LPIPS (AlexNet or VGG16 backbone) on ``[-1, 1]`` inputs, see :mod:`.lpips`.
 * ``fid``, ``kid_mean``, ``kid_std``: torchmetrics FID / KID with a local feature network, see :mod:`.features`.
-  KID's ``subset_size`` is ``min(kid_subset_size, images seen per side)`` at compute time.
+  KID's ``subset_size`` is ``min(kid_subset_size, images seen per side)`` at compute time; ``kid_std`` is NaN when
+  that takes every image of both sides (each subset is then the whole set, and their spread means nothing).
   ``cache_real_features=True`` (the training configs): the real side's features of the first complete pass (up to
   the first ``compute()``) are kept, and later passes feed FID/KID only the generated images. The validation set is
   the same every epoch, so this halves the Inception work of every validation after the first.
@@ -394,7 +395,9 @@ class TranslationMetrics(nn.Module):
                     else:
                         metric.subset_size = subset
                         kid_mean, kid_std = metric.compute()
-                        out["kid_mean"], out["kid_std"] = float(kid_mean), float(kid_std)
+                        # Subsets as large as both sides are all the same set: their spread says nothing (~1e-7).
+                        spread = math.nan if subset == n_fake == n_real else float(kid_std)
+                        out["kid_mean"], out["kid_std"] = float(kid_mean), spread
                 else:
                     out[name] = float(metric.compute())
         self._keep_real_features(n_real)
