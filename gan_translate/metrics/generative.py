@@ -382,7 +382,9 @@ class GenerativeMetrics(nn.Module):
         if classifier is None:
             if not data_root:
                 raise ValueError("GenerativeMetrics needs a classifier or metrics.collection.data_root (a "
-                                 "class-per-folder dataset with a train split)")
+                                 "class-per-folder dataset with a train split); the embedded demo data "
+                                 "(data=synthetic_classes) has no folder, so metrics=generative goes with "
+                                 "data=image_folder / the mnist_* experiments")
             classifier, self.classifier_record = load_or_train_classifier(
                 data_root, train_split, val_split, epochs=classifier_epochs)
         if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
