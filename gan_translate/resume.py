@@ -51,8 +51,19 @@ def _first_set(*values: Any) -> Any:
     return next((value for value in values if value not in (None, "", "None", "null")), None)
 
 
+def _run_record(resume: Any) -> str:
+    """``hydra.output_subdir``: ``.hydra`` for a new run; a resume of a run that has its record writes its own
+    into ``.hydra/resumed/DATE_TIME`` instead, so the run's first record (its overrides: what to repeat) is kept
+    whatever the resume does, and a resume that fails leaves nothing in the old record."""
+    if _first_set(resume) is None or not (Path(str(resume)) / ".hydra" / "config.yaml").is_file():
+        return ".hydra"
+    return f".hydra/resumed/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+
+
 if not OmegaConf.has_resolver("first_set"):
     OmegaConf.register_new_resolver("first_set", _first_set)
+if not OmegaConf.has_resolver("run_record"):
+    OmegaConf.register_new_resolver("run_record", _run_record, use_cache=True)
 
 
 # ----- random state -----
@@ -312,6 +323,13 @@ def refuse_existing_run(run_dir: Path) -> None:
         )
 
 
+def refuse_new_run_over_another(run_dir: Path, resume: str | None) -> None:
+    """Refuse a run into ``run_dir`` when that holds a run other than the one ``resume`` continues
+    (``resume=A hydra.run.dir=B`` would have written A's continuation over B's checkpoints)."""
+    if not resume or Path(resume).resolve() != run_dir.resolve():
+        refuse_existing_run(run_dir)
+
+
 class ExistingRunGuard(HydraCallback):
     """The same refusal, made before Hydra writes the run folder's ``.hydra/`` (config.yaml, overrides.yaml):
     by the time ``train`` runs, Hydra has already replaced the old run's record of its config with the new one.
@@ -319,11 +337,10 @@ class ExistingRunGuard(HydraCallback):
     a warning and goes on, so the refusal leaves through SystemExit (exit status 1, the message on stderr)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("resume"):
-            try:
-                refuse_existing_run(Path(OmegaConf.select(config, "hydra.run.dir")))
-            except FileExistsError as error:
-                raise SystemExit(f"error: {error}") from None
+        try:
+            refuse_new_run_over_another(Path(OmegaConf.select(config, "hydra.run.dir")), config.get("resume"))
+        except FileExistsError as error:
+            raise SystemExit(f"error: {error}") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # A sweep into a sweep folder used before: its jobs' folders (0/, 1/ ...) would be overwritten.
@@ -352,9 +369,9 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
         return str(ckpt_path)
+    if output_dir is not None:
+        refuse_new_run_over_another(Path(output_dir), resume)
     if not resume:
-        if output_dir is not None:
-            refuse_existing_run(Path(output_dir))
         return None
     run_dir = Path(resume)
     if run_dir.is_file():

@@ -102,8 +102,17 @@ def test_the_command_line_refuses_it_before_hydra_rewrites_the_run_record(tmp_pa
                        check=False)
     assert again.returncode != 0 and f"resume={run}" in again.stderr
     assert (run / ".hydra" / "config.yaml").read_bytes() == record
+    other = tmp_path / "other"  # resume=RUN into another run's folder would write RUN's continuation over it
+    run_module("gan_translate.train", *tiny, f"hydra.run.dir={other}", cwd=tmp_path)
+    into_other = run_module("gan_translate.train", *tiny, "trainer.max_epochs=2", f"resume={run}",
+                            f"hydra.run.dir={other}", cwd=tmp_path, check=False)
+    assert into_other.returncode != 0 and f"{other} already holds a run" in into_other.stderr
     run_module("gan_translate.train", *tiny, "trainer.max_epochs=2", f"resume={run}", cwd=tmp_path)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # 2 epochs x 1 batch x 2 steps
+    # The run's first record is kept; the resume's own is beside it.
+    assert (run / ".hydra" / "config.yaml").read_bytes() == record
+    (resumed,) = (run / ".hydra" / "resumed").glob("*/overrides.yaml")
+    assert f"resume={run}" in resumed.read_text()
 
     run_module("gan_translate.train", "-m", *tiny, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     record = (sweep / "0" / ".hydra" / "config.yaml").read_bytes()
