@@ -121,6 +121,18 @@ def test_model_without_its_loss_fails_naming_the_keys(tmp_path):
         build_model(cfg)
 
 
+@pytest.mark.parametrize(("experiment", "loss", "expected"), [
+    ("demo_dcgan", "infogan", "model=dcgan needs .*loss=dcgan"),      # trained, the loss keys ignored
+    ("demo_cgan", "pix2pix", "model=cgan needs .*loss=dcgan.*experiment=demo_cgan"),
+    ("demo_infogan", "dcgan", "model=infogan needs .*loss=infogan"),  # failed only in the first step
+    ("demo_aae", "dcgan", "model=aae needs .*loss=aae"),
+])
+def test_noise_models_with_another_methods_loss_fail_naming_the_keys(experiment, loss, expected, tmp_path):
+    cfg = compose_train([f"experiment={experiment}", f"loss={loss}"], tmp_path)
+    with pytest.raises(InstantiationException, match=expected):
+        build_model(cfg)
+
+
 def test_model_configs_stay_in_their_group():
     # A model config holds the model only: data, networks and losses are chosen by experiments.
     for path in sorted((CONF_DIR / "model").glob("*.yaml")):

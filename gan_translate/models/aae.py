@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from gan_translate.losses import GANLoss
-from gan_translate.models.base import build_network
+from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns, square_columns
 
 PRIORS = ("gaussian", "mixture10")
@@ -143,6 +143,7 @@ class AdversarialAutoencoder(GenerativeGAN):
             num_classes=self.num_classes, class_embedding=None,
         )
         self.discriminator = build_network(discriminator, latent_dim=latent_dim)
+        expect_loss(loss, AAELoss, "aae", "demo_aae")
         self.loss = loss
         styles = square_columns(num_samples) if supervised else num_samples
         self.register_buffer("fixed_noise", sample_prior(prior, styles, latent_dim, self.fixed_generator()))

@@ -50,13 +50,15 @@ def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int
     return factory if isinstance(factory, nn.Module) else factory(**channels)
 
 
-def expect_loss(loss: object, expected: type, model: str, example: str) -> None:
+def expect_loss(loss: object, expected: type, model: str, example: str, loss_config: str | None = None) -> None:
     """Fail at construction, naming the keys, when a model is composed with another method's loss config
-    (``model=cyclegan`` alone keeps the default ``loss=pix2pix``)."""
+    (``model=cyclegan`` alone keeps the default ``loss=pix2pix``). ``loss_config``: the loss option the model
+    takes, when it is not named like the model (cGAN uses ``loss=dcgan``)."""
     if not isinstance(loss, expected):
+        loss_config = loss_config or model
         raise TypeError(
-            f"model={model} needs its own loss weights ({expected.__name__}, loss={model}), got "
-            f"{type(loss).__name__}: pass loss={model}, or an experiment that sets data, networks and loss "
+            f"model={model} needs its own loss weights ({expected.__name__}, loss={loss_config}), got "
+            f"{type(loss).__name__}: pass loss={loss_config}, or an experiment that sets data, networks and loss "
             f"together, e.g. experiment={example}"
         )
 

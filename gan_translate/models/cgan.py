@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gan_translate.losses import gradient_penalty
-from gan_translate.models.base import build_network
+from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.dcgan import DCGANLoss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, grid_columns
 
@@ -55,6 +55,7 @@ class ConditionalGAN(GenerativeGAN):
             raise ValueError(
                 "model=cgan needs a class-conditional discriminator: discriminator.conditioning=concat|projection|auto"
             )
+        expect_loss(loss, DCGANLoss, "cgan", "demo_cgan", "dcgan")
         self.loss = loss
         # Sample grid: one row per class, one column per fixed z (the same z across a column).
         self.register_buffer("fixed_noise", self.fixed(samples_per_class, latent_dim))

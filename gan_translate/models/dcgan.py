@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gan_translate.losses import GANLoss, gradient_penalty
-from gan_translate.models.base import build_network
+from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, grid_columns, square_columns
 
 
@@ -48,6 +48,7 @@ class DCGAN(GenerativeGAN):
         self.latent_dim = latent_dim
         self.generator = build_network(generator, output_nc=channels, image_size=image_size, latent_dim=latent_dim)
         self.discriminator = build_network(discriminator, input_nc=channels, image_size=image_size)
+        expect_loss(loss, DCGANLoss, "dcgan", "demo_dcgan")
         self.loss = loss
         self.register_buffer("fixed_noise", self.fixed(self.num_samples, latent_dim))
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_translate.losses import GANLoss, gradient_penalty
-from gan_translate.models.base import build_network
+from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns
 from gan_translate.networks.dcgan import LatentCodeHead
 from gan_translate.networks.layers import one_hot
@@ -128,6 +128,7 @@ class InfoGAN(GenerativeGAN):
         self.generator = build_network(generator, output_nc=channels, image_size=image_size, latent_dim=self.latent_dim)
         self.discriminator = build_network(discriminator, input_nc=channels, image_size=image_size)
         self.q_head = LatentCodeHead(self.discriminator.feature_shape, categorical_dim, continuous_dim, q_hidden)
+        expect_loss(loss, InfoGANLoss, "infogan", "demo_infogan")
         self.loss = loss
         self.register_buffer("fixed_noise", self.fixed(samples_per_code, noise_dim))
 
