@@ -98,8 +98,8 @@ def test_every_option_composes(group, option, tmp_path):
         overrides.append(f"data.root={write_unaligned(tmp_path / 'root', 1, 1)}")
     if group in ("data", "experiment") and option in ("label_folders", "cityscapes_pix2pixhd", "cityscapes_pix2pixhd_local"):
         overrides.append(f"data.root={tmp_path}")  # an existing folder: the datamodule reads files at setup only
-    if group == "experiment" and option.endswith("pix2pixhd_local"):
-        overrides.append("model.global_ckpt=stage1.ckpt")  # read at fit start only
+    if recipe.endswith("pix2pixhd_local"):
+        overrides.append("model.global_ckpt=stage1.ckpt")  # read at fit start only; required while G1 is frozen
     if group == "data" and option == "paired_folders":
         write_unaligned(tmp_path / "root", 1, 1)  # trainA/trainB with matching names are made below
     cfg = compose_train(overrides, tmp_path / "run")

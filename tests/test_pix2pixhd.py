@@ -11,12 +11,13 @@ import pytorch_lightning as pl
 import torch
 from conftest import TINY_CPU_QUIET, compose_train, read_metrics, write_aligned
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from gan_translate.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint, model_from_checkpoint
 from gan_translate.data.datasets import DataError
 from gan_translate.data.labels import LabelFoldersDataset, SyntheticLabelFacades
 from gan_translate.data.transforms import build_transform
@@ -516,3 +517,12 @@ def test_the_readme_feature_encoder_command_builds(tmp_path):
 
     model = build_model(compose_train(["experiment=demo_pix2pixhd", "model.feature_encoder=true"], tmp_path))
     assert model.encoder is not None
+
+
+def test_a_frozen_g1_without_a_stage1_checkpoint_is_refused(tmp_path):
+    """facades_pix2pixhd_local without model.global_ckpt trained a random G1 kept frozen (its `???` could not
+    override the model config's null)."""
+    cfg = compose_train([*TINY_HD, *LOCAL, "model.fix_global_epochs=1"], tmp_path)
+    with pytest.raises(InstantiationException, match=r"model\.global_ckpt is unset.*model\.fix_global_epochs=0"):
+        build_model(cfg)
+    assert isinstance(build_model(compose_train([*TINY_HD, *LOCAL, "model.fix_global_epochs=0"], tmp_path)), Pix2PixHD)

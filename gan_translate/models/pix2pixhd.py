@@ -111,6 +111,13 @@ class Pix2PixHD(GANModule):
         self.global_ckpt, self.fix_global_epochs = global_ckpt, fix_global_epochs
         if fix_global_epochs and not hasattr(network, "global_parameters"):
             raise ValueError("model.fix_global_epochs applies to the local enhancer (generator=pix2pixhd_local) only")
+        if fix_global_epochs and not global_ckpt:
+            raise ValueError(
+                f"model.fix_global_epochs={fix_global_epochs} keeps G1 frozen, but model.global_ckpt is unset, so G1 "
+                "would stay at its random initial weights: give model.global_ckpt=STAGE1_RUN/checkpoints/last.ckpt "
+                "(the global generator trained first), or model.fix_global_epochs=0 to train G1 and G2 together "
+                "from scratch"
+            )
         self.vgg_weights, self.vgg_normalize_input = vgg_weights, vgg_normalize_input
         # Kept out of the module tree (a list, not an attribute module): not saved in checkpoints, not trained,
         # not moved by Lightning (moved by us at first use), never put in train mode.
