@@ -49,6 +49,10 @@ def config_hash(config: dict) -> str:
 def split_dataset(cfg: DictConfig, datamodule, data_cfg: DictConfig, what: str = ""):
     """The split to score. ``split=test`` on data without a test split takes ``val``, as training does (its
     validation reads val/ or test/); the report names the split used."""
+    lengths = getattr(datamodule, "lengths", None)  # the embedded datasets: their splits and sizes
+    if lengths is not None and cfg.split not in lengths:
+        raise ValueError(f"split={cfg.split!r}: the embedded {type(datamodule).__name__} has the splits "
+                         f"{sorted(lengths)}")
     dataset = datamodule.make_dataset(cfg.split, train=False)
     if dataset is None and cfg.split == "test":
         dataset = datamodule.make_dataset("val", train=False)
@@ -92,7 +96,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict, torch.Tensor]:
     with_instances = bool(getattr(model, "instance", False))
     samples: dict[str, list[torch.Tensor]] = {"source": [], "output": [], "target": []}
     count = 0
-    torch.manual_seed(cfg.seed)  # test-time dropout, pix2pixHD's cluster draws and KID's subsets repeat
+    if cfg.seed is not None:  # null: not seeded
+        torch.manual_seed(cfg.seed)  # test-time dropout, pix2pixHD's cluster draws and KID's subsets repeat
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_one_size):
         source, target = batch[source_key], batch[target_key].to(translator.device)
         inputs = torch.cat([source, batch["inst"].to(source)], 1) if with_instances and "inst" in batch else source
@@ -194,7 +199,8 @@ def evaluate_generated(cfg: DictConfig) -> dict:
             "paired=false compares the folders with FID/KID only, and no FID weights were found: "
             "python -m gan_translate.weights fetch fid, or set metrics.fid_weights"
         )
-    torch.manual_seed(cfg.seed)  # KID's subsets
+    if cfg.seed is not None:
+        torch.manual_seed(cfg.seed)  # KID's subsets
     values = evaluate_folders(cfg.pred_dir, cfg.target_dir, metrics, batch_size=cfg.batch_size)
     report = {
         "pred_dir": str(Path(cfg.pred_dir).resolve()),

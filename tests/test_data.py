@@ -170,3 +170,13 @@ def test_synthetic_datasets_are_deterministic_per_index():
     assert torch.equal(a["A"], SyntheticShapes(4, 32)[1]["A"]) and torch.equal(a["B"], SyntheticShapes(4, 32)[1]["B"])
     assert a["A"].shape == a["B"].shape == (3, 32, 32)
     assert not torch.equal(a["A"], a["B"])
+
+
+def test_a_misspelt_direction_is_refused_on_the_embedded_data_too():
+    """SyntheticFacades read anything but "AtoB" as BtoA: data.direction=atob trained the reverse task."""
+    from gan_translate.data.datamodule import SyntheticFacadesDataModule
+    from gan_translate.data.datasets import DataError
+
+    with pytest.raises(DataError, match="data.direction.*'atob'"):
+        SyntheticFacadesDataModule(direction="atob")
+    assert SyntheticFacadesDataModule(direction="BtoA").direction == "BtoA"

@@ -127,6 +127,19 @@ def test_evaluate_cli_writes_report(trained_run, tmp_path):
     assert Image.open(output.with_suffix(".png")).width > 0
 
 
+def test_evaluate_names_an_unknown_split_and_takes_seed_null(trained_run, tmp_path):
+    from gan_translate.evaluate import evaluate
+
+    def run(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return evaluate(compose("evaluate", overrides=[f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                                                           "device=cpu", f"output={tmp_path / 'r.json'}", *overrides]))
+
+    with pytest.raises(ValueError, match=r"split='foo'.*\['test', 'train', 'val'\]"):  # was a bare KeyError
+        run("split=foo")
+    assert run("split=val", "seed=null")["num_images"] == 8  # was a TypeError in torch.manual_seed
+
+
 def test_evaluate_seed_repeats_a_report_with_test_time_dropout(tmp_path):
     """dropout=true is random at test time: the same seed gives the same report, another seed another one."""
     from gan_translate.evaluate import evaluate

@@ -17,12 +17,12 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import tv_tensors
 
 from gan_translate.data.datasets import (
-    DIRECTIONS,
     AlignedDataset,
     DataError,
     PairedFoldersDataset,
     SkipBadImages,
     UnalignedDataset,
+    check_direction,
 )
 from gan_translate.data.device_cache import KEY as DEVICE_CACHE_KEY
 from gan_translate.data.device_cache import DeviceCache
@@ -210,8 +210,7 @@ class AlignedDataModule(TranslationDataModule):
 
     def __init__(self, root: str, direction: str = "AtoB", square_halves: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
-        if direction not in DIRECTIONS:
-            raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+        check_direction(direction)
         self.root, self.direction, self.square_halves = _require_root(root), direction, square_halves
 
     def make_dataset(self, split: str, train: bool) -> Dataset | None:
@@ -272,7 +271,7 @@ class SyntheticFacadesDataModule(TranslationDataModule):
     ) -> None:
         kwargs.setdefault("preprocess", "none")
         super().__init__(**kwargs)
-        self.size, self.seed, self.direction = size, seed, direction
+        self.size, self.seed, self.direction = size, seed, check_direction(direction)
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
 
     def source_image_size(self) -> tuple[int, int]:

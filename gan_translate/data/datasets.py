@@ -30,6 +30,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 DIRECTIONS = ("AtoB", "BtoA")
 
 
+def check_direction(direction: str) -> str:
+    """``data.direction``, refused unless it is one of DIRECTIONS (a typo must not silently mean BtoA)."""
+    if direction not in DIRECTIONS:
+        raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+    return direction
+
+
 def list_images(folder: str | Path, what: str = "images") -> list[Path]:
     """Sorted image files directly inside ``folder`` (not recursive, hidden files skipped); a DataError
     naming ``what`` and the folder if it is missing, not a folder, or holds no images."""
@@ -116,8 +123,7 @@ class AlignedDataset(Dataset):
         square_halves: bool = True,
         skip_unreadable: bool = False,
     ) -> None:
-        if direction not in DIRECTIONS:
-            raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+        check_direction(direction)
         self.files = list_images(Path(root) / split, what=f"aligned A|B {split} split")
         self.direction = direction
         self.input_nc, self.output_nc = input_nc, output_nc
@@ -182,8 +188,7 @@ class PairedFoldersDataset(Dataset):
         output_nc: int = 3,
         transform: Callable | None = None,
     ) -> None:
-        if direction not in DIRECTIONS:
-            raise DataError(f"data.direction must be one of {DIRECTIONS}, got {direction!r}")
+        check_direction(direction)
         what_a, what_b = f"domain A {split} split", f"domain B {split} split"
         files_a = index_by_stem(list_images(Path(root) / f"{split}A", what=what_a), what_a)
         files_b = index_by_stem(list_images(Path(root) / f"{split}B", what=what_b), what_b)

@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from gan_translate.data.datasets import check_direction
+
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 # Label colours (RGB) of the classes, one per semantic part.
@@ -122,7 +124,7 @@ class SyntheticFacades(Dataset):
         transform: Callable | None = None,
     ) -> None:
         self.length, self.size, self.split, self.seed = length, size, split, seed
-        self.direction = direction
+        self.direction = check_direction(direction)
         self.transform = transform
 
     def __len__(self) -> int:
