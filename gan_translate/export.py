@@ -2,10 +2,10 @@
 
     python -m gan_translate.export ckpt_path=X format=onnx|torchscript [output=PATH] [direction=AtoB|BtoA]
 
-The exported graph is the generator in eval mode: dropout off and batch norm normalising with the
-running statistics learned in training (the reference's ONNX export traces train-mode layers, so its
-outputs depend on the batch and on random dropout). ``batch_stats=true`` exports batch norm that
-normalises with each input batch's own statistics instead, like ``Translator(batch_stats=True)``.
+The exported graph is the generator in eval mode: dropout off, and batch norm as predict uses it (the model's
+``test_batch_stats`` unless ``batch_stats`` says otherwise): normalising with the running statistics learned in
+training, or (``batch_stats=true``) with each input batch's own statistics, like ``Translator(batch_stats=True)``.
+The reference's ONNX export traces train-mode layers, so its outputs depend on the batch and on random dropout.
 
 Models that generate from noise (DCGAN, cGAN, InfoGAN, AAE: they have ``sampling_network()`` and ``latent()``)
 export their sampling network instead: inputs named as the model's latent parts (``z`` N x latent_dim float32,
@@ -86,19 +86,24 @@ def export_generator(
     format: str = "onnx",
     output: str | Path | None = None,
     direction: str | None = None,
-    batch_stats: bool = False,
+    batch_stats: bool | None = None,
     example_size: int | None = None,
     opset: int = 17,
 ) -> Path:
-    """Write the generator of ``ckpt_path`` as ONNX or TorchScript and return the file's path."""
+    """Write the generator of ``ckpt_path`` as ONNX or TorchScript and return the file's path.
+    ``batch_stats=None`` follows the model's ``test_batch_stats``, as predict, evaluate and validation do."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
-    model_class = get_class(load_checkpoint(ckpt_path)[CHECKPOINT_KEY]["model_class"])
+    saved = load_checkpoint(ckpt_path)[CHECKPOINT_KEY]
+    model_class = get_class(saved["model_class"])
+    if batch_stats is None:
+        batch_stats = bool(saved["config"]["model"].get("test_batch_stats", False))
     if callable(getattr(model_class, "sampling_network", None)):  # generates from noise (and labels)
         if direction is not None:
             raise ValueError(f"{model_class.__name__} generates from noise; direction={direction!r} does not apply")
         return export_sampling_network(ckpt_path, format, output, batch_stats, opset)
-    translator = Translator.from_checkpoint(ckpt_path, direction=direction, device="cpu")
+    # Running statistics here; batch statistics, when wanted, by with_batch_statistics (a form that traces).
+    translator = Translator.from_checkpoint(ckpt_path, direction=direction, device="cpu", batch_stats=False)
     generator = translator.generator  # an eval-mode copy without gradients
     if getattr(generator, "feat_num", 0):
         raise ValueError(

@@ -74,6 +74,21 @@ def test_onnx_batch_statistics_matches_translator(pix2pix_ckpt, tmp_path):
         assert not np.allclose(out, eval_translator(x).numpy(), atol=1e-3)
 
 
+def test_default_export_follows_the_models_test_batch_stats(tmp_path):
+    """The paper's facades setting (model.test_batch_stats=true): predict normalised with batch statistics, the
+    default export with running ones, up to 74/255 apart."""
+    tiny_run(tmp_path / "run", ["model.test_batch_stats=true"])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path = export_generator(ckpt, format="onnx", output=tmp_path / "g.onnx")
+    inputs = _inputs([(2, 3, 32, 32)], seed=2)
+    np.testing.assert_allclose(_onnx_outputs(path, inputs)[0], Translator.from_checkpoint(ckpt, device="cpu")(
+        inputs[0]).numpy(), atol=1e-4, rtol=1e-4)
+    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    assert metadata["normalization"] == "batch_statistics"
+    running = export_generator(ckpt, format="onnx", output=tmp_path / "r.onnx", batch_stats=False)
+    assert not np.allclose(_onnx_outputs(running, inputs)[0], _onnx_outputs(path, inputs)[0], atol=1e-3)
+
+
 def test_torchscript_matches_pytorch(pix2pix_ckpt, tmp_path):
     path = export_generator(pix2pix_ckpt, format="torchscript", output=tmp_path / "g.pt")
     files = {"gan_translate.json": ""}
