@@ -217,7 +217,10 @@ def evaluate_generated(cfg: DictConfig) -> dict:
 def default_output(cfg: DictConfig) -> Path:
     if cfg.ckpt_path:
         ckpt = Path(cfg.ckpt_path)
-        return ckpt.parent.parent / "eval" / f"{ckpt.stem}_{cfg.split}{'_' + cfg.direction if cfg.direction else ''}.json"
+        # RUN/checkpoints/X.ckpt -> RUN/eval/; a checkpoint kept elsewhere gets an eval/ of its own folder (two
+        # models/NAME/last.ckpt must not share models/eval/last_test.json).
+        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+        return run / "eval" / f"{ckpt.stem}_{cfg.split}{'_' + cfg.direction if cfg.direction else ''}.json"
     return Path(cfg.pred_dir).parent / f"{Path(cfg.pred_dir).name}_eval.json"
 
 

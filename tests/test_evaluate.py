@@ -263,3 +263,15 @@ def test_evaluate_names_images_of_mixed_sizes(tmp_path):
                                              "batch_size=2", f"output={tmp_path / 'report.json'}"])
     with pytest.raises(DataError, match=r"different sizes \(0: 32x32, 1: 64x64\).*for evaluate, batch_size=1"):
         evaluate(cfg)
+
+
+def test_default_reports_of_checkpoints_kept_outside_a_run_do_not_collide():
+    from omegaconf import OmegaConf
+
+    from gan_translate.evaluate import default_output
+
+    def report(path: str) -> Path:
+        return default_output(OmegaConf.create({"ckpt_path": path, "split": "test", "direction": None}))
+
+    assert report("runs/a/checkpoints/last.ckpt") == Path("runs/a/eval/last_test.json")
+    assert report("models/p2p/last.ckpt") != report("models/hd/last.ckpt")
