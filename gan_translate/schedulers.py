@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 
 def check_run_length(epochs: int | None, key: str) -> None:
@@ -15,6 +15,16 @@ def check_run_length(epochs: int | None, key: str) -> None:
             f"{key}={epochs}: the schedule spans the run's epochs and follows trainer.max_epochs unless set. For a "
             f"run bounded by trainer.max_steps or max_time, set {key}=N (epochs), or use scheduler=constant"
         )
+
+
+def set_rates(scheduler: LRScheduler, rates: list[float]) -> None:
+    """Put ``rates`` into the scheduler's optimizer (after a resume that changed the schedule)."""
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        if isinstance(group["lr"], torch.Tensor):  # a tensor rate (captured steps read it in place)
+            group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
+    scheduler._last_lr = [float(rate) for rate in rates]
 
 
 class LinearDecayLR(LRScheduler):
@@ -52,13 +62,20 @@ class LinearDecayLR(LRScheduler):
         schedule = {"constant_epochs": self.constant_epochs, "decay_epochs": self.decay_epochs}
         super().load_state_dict(state_dict)
         self.__dict__.update(schedule)
-        rates = self.get_lr()
-        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
-            if isinstance(group["lr"], torch.Tensor):  # a tensor rate (captured steps read it in place)
-                group["lr"].fill_(rate)
-            else:
-                group["lr"] = rate
-        self._last_lr = [float(rate) for rate in rates]
+        set_rates(self, self.get_lr())
 
     def get_lr(self) -> list[float]:
         return [base_lr * self.factor(self.last_epoch) for base_lr in self.base_lrs]
+
+
+class CosineDecayLR(CosineAnnealingLR):
+    """torch's cosine annealing to ``eta_min`` over ``T_max`` epochs (conf/scheduler/cosine.yaml: the run's), with
+    the resume rule of LinearDecayLR: progress from the checkpoint, the schedule from this config. torch's own
+    restores the saved ``T_max``, so a resume that extends the run climbed back up the cosine (periodic past its
+    end: 2e-4, 1e-4, 0, 1e-4, 2e-4 for 2 epochs resumed to 5)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        schedule = {"T_max": self.T_max, "eta_min": self.eta_min}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(schedule)
+        set_rates(self, self._get_closed_form_lr())

@@ -54,7 +54,7 @@ def check_resumable(ckpt_path: str, model: GANModule) -> None:
     if changed:
         log.warning(
             "resuming %s with a config that differs in %d keys: %s. Optimizer and scheduler states are restored as "
-            "saved (a changed optim.lr does not apply); the linear decay's length follows this config.",
+            "saved (a changed optim.lr does not apply); the linear and cosine schedules' lengths follow this config.",
             ckpt_path, len(changed), describe_changes(changed),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -244,9 +245,15 @@ def test_run_summary_after_a_resume_covers_the_whole_run(tmp_path, caplog):
     assert [epoch["epoch"] for epoch in history["epochs"]] == [0, 1, 2]
 
 
-def test_resume_that_extends_the_run_decays_over_the_new_length(tmp_path):
+@pytest.mark.parametrize(("scheduler", "expected"), [
+    ("linear", {2: 2e-4, 3: 1.5e-4, 4: 1e-4, 5: 0.5e-4}),
+    # cosine over 6 epochs from epoch 2; the saved T_max=2 climbed back up (periodic past its end)
+    ("cosine", {e: 1e-4 * (1 + math.cos(math.pi * e / 6)) for e in (2, 3, 4, 5)}),
+])
+def test_resume_that_extends_the_run_decays_over_the_new_length(tmp_path, scheduler, expected):
     """Linear decay, 2 epochs (1 constant, 1 decaying), then resumed to 6: the schedule is the config's (3 + 3),
-    as the reference's --continue_train; the saved one would run its rate to 0 at epoch 2 and stay there."""
+    as the reference's --continue_train; the saved one would run its rate to 0 at epoch 2 and stay there.
+    The same for the cosine schedule."""
     import pytorch_lightning as pl
 
     class Rates(pl.Callback):
@@ -257,11 +264,11 @@ def test_resume_that_extends_the_run_decays_over_the_new_length(tmp_path):
             self.rates[trainer.current_epoch] = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     run = tmp_path / "run"
-    train(compose_train("trainer.max_epochs=2", "scheduler=linear", "metrics=none", f"paths.output_dir={run}"))
+    train(compose_train("trainer.max_epochs=2", f"scheduler={scheduler}", "metrics=none", f"paths.output_dir={run}"))
     rates = Rates()
-    train(compose_train("trainer.max_epochs=6", "scheduler=linear", "metrics=none", f"resume={run}",
+    train(compose_train("trainer.max_epochs=6", f"scheduler={scheduler}", "metrics=none", f"resume={run}",
                         f"paths.output_dir={run}"), extra_callbacks=[rates])
-    assert rates.rates == pytest.approx({2: 2e-4, 3: 1.5e-4, 4: 1e-4, 5: 0.5e-4})
+    assert rates.rates == pytest.approx(expected)
 
 
 def test_resumed_run_keeps_its_earlier_csv_rows(tmp_path):
