@@ -106,6 +106,29 @@ def test_plateau_scheduler_watches_a_real_metric(tmp_path):
     assert lrs[0] == pytest.approx(0.001) and lrs[-1] < 0.001
 
 
+def test_plateau_scheduler_steps_only_after_a_validation(tmp_path):
+    """Validation every 2nd epoch: the run stopped after epoch 2 (no value logged yet), and later epochs would
+    have counted the last value again against the patience."""
+    import pytorch_lightning as pl
+
+    class Steps(pl.Callback):
+        def __init__(self) -> None:
+            self.counted: list[int] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:  # the steps taken after the epochs before
+            self.counted.append(trainer.lr_scheduler_configs[0].scheduler.last_epoch)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.counted.append(trainer.lr_scheduler_configs[0].scheduler.last_epoch)
+
+    steps = Steps()
+    cfg = compose_train(tmp_path, ["scheduler=plateau", "trainer.max_epochs=4", "metrics=none",
+                                   "monitor.metric=val/l1", "trainer.check_val_every_n_epoch=2"])
+    # (every 3rd epoch: the run stopped at the end of epoch 2 with "val/l1 was not logged")
+    train(cfg, extra_callbacks=[steps])
+    assert steps.counted == [0, 0, 1, 1, 2]  # stepped after epochs 1 and 3, the validated ones
+
+
 @pytest.fixture()
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")

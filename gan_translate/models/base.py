@@ -112,6 +112,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         self.metrics = metrics if metrics is None or isinstance(metrics, nn.Module) else metrics(paired=self.paired)
         self.metrics_every_n_epochs = metrics_every_n_epochs
         self.test_batch_stats = test_batch_stats  # see models/norm_modes.py
+        self._validated_epoch: int | None = None
         self._metrics_active = False
 
     # ----- hooks for subclasses -----
@@ -395,6 +396,10 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
             return
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if isinstance(scheduler, ReduceLROnPlateau):
+                if self.scheduler_monitor is not None and self._validated_epoch != self.current_epoch:
+                    # No validation this epoch (trainer.check_val_every_n_epoch > 1): nothing new to judge; the
+                    # last value would be counted again against the patience.
+                    continue
                 value = self.trainer.callback_metrics.get(self.scheduler_monitor or "")
                 if value is None:
                     if self.trainer.current_epoch > 0 or self.scheduler_monitor is None:
@@ -409,6 +414,8 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
 
     # ----- validation metrics -----
     def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._validated_epoch = self.current_epoch  # read by the plateau scheduler
         every = self.metrics_every_n_epochs
         self._metrics_active = (
             self.metrics is not None
