@@ -45,6 +45,23 @@ def check_resumable(ckpt_path: str, model: GANModule) -> None:
     any other config change."""
     checkpoint = load_checkpoint(ckpt_path)
     changed = config_changes(checkpoint[CHECKPOINT_KEY]["config"], model.run_config)
+    saved_class = checkpoint[CHECKPOINT_KEY]["model_class"]
+    try:  # a subclass of the saved model (the same method extended) may continue its training
+        same_method = isinstance(model, get_class(saved_class))
+    except Exception:  # noqa: BLE001 - a class that cannot be imported here is another model
+        same_method = False
+    shapes = model.state_dict()
+    resized = [key for key, value in checkpoint.get("state_dict", {}).items()
+               if key in shapes and tuple(value.shape) != tuple(shapes[key].shape)]
+    if not same_method or resized:
+        what = (f"it holds a {saved_class.rsplit('.', 1)[-1]}, this config builds a {type(model).__name__}"
+                if not same_method else
+                f"{len(resized)} weights have other shapes in this config ({', '.join(resized[:3])} ...)")
+        raise CheckpointError(
+            f"{ckpt_path} cannot be resumed with this config: {what}. Keys that differ from the checkpoint's config: "
+            f"{describe_changes(changed)}. Resume with the overrides it was trained with (its run folder's "
+            ".hydra/overrides.yaml), or start a new run."
+        )
     mismatch = optimizer_layout_mismatch(checkpoint, model.optimizer_groups())
     if mismatch:
         raise CheckpointError(

@@ -342,3 +342,19 @@ def test_a_failure_in_validation_keeps_the_epoch_in_on_exception_ckpt(tmp_path, 
     assert_same_weights(tmp_path / "failed" / "checkpoints" / "last.ckpt",
                         tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt")
     assert not saved.exists()  # the finished run removed it
+
+
+def test_resuming_another_models_or_other_widths_checkpoint_names_it(tmp_path):
+    """A checkpoint whose optimizers have the same layout but whose weights do not fit failed inside fit with
+    torch's bare "Error(s) in loading state_dict"."""
+    from gan_translate.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    train(compose_train("trainer.max_epochs=1", f"paths.output_dir={run}"))
+    last = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"last\.ckpt cannot be resumed.*weights have other shapes.*ngf"):
+        train(compose_train("trainer.max_epochs=2", "generator.ngf=16", f"ckpt_path={last}",
+                            f"paths.output_dir={tmp_path / 'wider'}"))
+    with pytest.raises(CheckpointError, match=r"it holds a Pix2Pix, this config builds a CycleGAN"):
+        train(compose_train("experiment=shapes_cyclegan", "trainer.max_epochs=2", f"ckpt_path={last}",
+                            f"paths.output_dir={tmp_path / 'other'}"))
