@@ -180,3 +180,13 @@ def test_a_misspelt_direction_is_refused_on_the_embedded_data_too():
     with pytest.raises(DataError, match="data.direction.*'atob'"):
         SyntheticFacadesDataModule(direction="atob")
     assert SyntheticFacadesDataModule(direction="BtoA").direction == "BtoA"
+
+
+@pytest.mark.parametrize("module", ["SyntheticFacadesDataModule", "SyntheticShapesDataModule"])
+def test_the_embedded_rgb_data_refuses_other_channel_counts(module):
+    """data.input_nc=1 on the demo built 1-channel networks for RGB images: a conv error in the first step."""
+    import gan_translate.data.datamodule as datamodules
+    from gan_translate.data.datasets import DataError
+
+    with pytest.raises(DataError, match="data.input_nc=1.*RGB"):
+        getattr(datamodules, module)(input_nc=1)

@@ -260,6 +260,17 @@ class UnalignedDataModule(TranslationDataModule):
         )
 
 
+def check_rgb(datamodule: TranslationDataModule) -> None:
+    """The embedded procedural data is RGB on both sides; other channel counts built networks it does not fit
+    (a conv error in the first step)."""
+    if (datamodule.input_nc, datamodule.output_nc) != (3, 3):
+        raise DataError(
+            f"data.input_nc={datamodule.input_nc}, data.output_nc={datamodule.output_nc}: the embedded "
+            f"{type(datamodule).__name__} images are RGB (3 channels each); other channel counts need data on disk "
+            "(data=aligned / unaligned / paired_folders)"
+        )
+
+
 class SyntheticFacadesDataModule(TranslationDataModule):
     """The embedded paired default: procedural label maps -> facade photos (no files needed)."""
 
@@ -271,6 +282,7 @@ class SyntheticFacadesDataModule(TranslationDataModule):
     ) -> None:
         kwargs.setdefault("preprocess", "none")
         super().__init__(**kwargs)
+        check_rgb(self)
         self.size, self.seed, self.direction = size, seed, check_direction(direction)
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
 
@@ -291,6 +303,7 @@ class SyntheticShapesDataModule(TranslationDataModule):
     ) -> None:
         kwargs.setdefault("preprocess", "none")
         super().__init__(**kwargs)
+        check_rgb(self)
         self.size, self.seed = size, seed
         self.lengths = {"train": train_length, "val": val_length, "test": val_length}
 
