@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -37,6 +38,9 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's own error for others is about mmap
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not the zip archive torch.save writes); "
+                              "use a .ckpt written by `python -m gan_translate.train`")
     try:
         # mmap: tensors are read on first use, so reading only the config (e.g. on resume) stays cheap.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -8,12 +8,17 @@ Users add their own config folders with ``hydra.searchpath`` or ``--config-dir``
 
 from __future__ import annotations
 
+import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 
+import annotated_types
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -26,18 +31,46 @@ def _conf_dir() -> Path:
 CONF_DIR = str(_conf_dir())
 
 
-# Annotations a config value is checked against; anything richer (a tensor, a callable, a union with one) is left
-# to the target itself.
+# Annotations a config value is checked against; anything richer (a callable, a union with one) is left to the
+# target itself. A tensor (torch.optim's ``lr: float | Tensor``) cannot come from a config: such a union is
+# checked as its plain members.
 _PLAIN_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_NOT_FROM_CONFIG = (torch.Tensor,)
 
 
-def _plain_types(annotation: object) -> tuple[type, ...] | None:
-    """The plain types an annotation allows (``bool``, ``float | None`` ...), or None when it is not that simple."""
-    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(
-        annotation) is typing.Union else (annotation,)
-    if not members or any(m is not type(None) and m not in _PLAIN_TYPES for m in members):
+@dataclass(frozen=True)
+class Check:
+    """What an annotation asks of a config value: its plain types (None: not checked), bounds
+    (``Annotated[int, Ge(1)]``) and, for a fixed-length tuple (Adam's ``betas``), one Check per item."""
+
+    types: tuple[type, ...] | None
+    bounds: tuple = ()
+    items: tuple[Check, ...] | None = None
+
+
+def _check_of(annotation: object) -> Check | None:
+    """The Check for an annotation, or None when it is not that simple."""
+    bounds: tuple = ()
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation, *metadata = typing.get_args(annotation)
+        bounds = tuple(m for m in metadata if isinstance(m, (annotated_types.Ge, annotated_types.Gt)))
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        if not items or Ellipsis in items:
+            return None
+        checks = tuple(_check_of(item) for item in items)
+        return Check(None, bounds, checks) if all(checks) else None
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    members = typing.get_args(annotation) if union else (annotation,)
+    checks = [_check_of(m) if typing.get_origin(m) is typing.Annotated else None for m in members]
+    if any(c is not None and (c.types is None or len(c.types) != 1) for c in checks):
         return None
-    return tuple(members)
+    bounds += tuple(b for c in checks if c for b in c.bounds)
+    plain = tuple(c.types[0] if c else m for c, m in zip(checks, members, strict=True)
+                  if not (isinstance(m, type) and issubclass(m, _NOT_FROM_CONFIG)))
+    if not plain or any(m is not type(None) and m not in _PLAIN_TYPES for m in plain):
+        return None
+    return Check(plain, bounds)
 
 
 def _accepts(value: object, allowed: tuple[type, ...]) -> bool:
@@ -48,6 +81,27 @@ def _accepts(value: object, allowed: tuple[type, ...]) -> bool:
     return any(isinstance(value, t) or (t is float and isinstance(value, int)) for t in allowed)
 
 
+def _problem(value: object, check: Check, where: str) -> str | None:
+    """Why ``value`` does not meet ``check`` (None: it does)."""
+    if check.items is not None:
+        if not isinstance(value, (list, tuple, ListConfig)) or len(value) != len(check.items):
+            return f"{where} must be a list of {len(check.items)} values, got {value!r}"
+        for index, (item, item_check) in enumerate(zip(value, check.items, strict=True)):
+            if problem := _problem(item, item_check, f"{where}[{index}]"):
+                return problem
+        return None
+    if check.types and not _accepts(value, check.types):
+        wanted = " or ".join(_PLAIN_TYPES.get(t, "null") for t in check.types)
+        quote = f" (quote it: {where}='{value}')" if str in check.types and value is not None else ""
+        return f"{where} must be {wanted}, got {value!r}{quote}"
+    for bound in check.bounds if isinstance(value, (int, float)) and not isinstance(value, bool) else ():
+        if isinstance(bound, annotated_types.Ge) and not value >= bound.ge:
+            return f"{where} must be >= {bound.ge}, got {value!r}"
+        if isinstance(bound, annotated_types.Gt) and not value > bound.gt:
+            return f"{where} must be > {bound.gt}, got {value!r}"
+    return None
+
+
 def _annotations(target: object) -> dict[str, object]:
     """Parameter annotations of a class (its own __init__, then its bases', for **kwargs passed up) or function."""
     hints: dict[str, object] = {}
@@ -56,17 +110,29 @@ def _annotations(target: object) -> dict[str, object]:
         if init is None:
             continue
         try:
-            for name, hint in typing.get_type_hints(init).items():
+            for name, hint in typing.get_type_hints(init, include_extras=True).items():
                 hints.setdefault(name, hint)
         except Exception:  # noqa: BLE001 - unresolvable annotations (third-party, TYPE_CHECKING-only): not checked
             continue
     return hints
 
 
+# Annotations for constructor parameters that the config check holds to a range, naming the key
+# (``generator.ngf=0`` was a conv error in the first step, ``loss.lambda_l1=-1`` trained towards the wrong target).
+PositiveInt = typing.Annotated[int, annotated_types.Ge(1)]  # channels, features, batch sizes, counts that must not be 0
+NonNegativeInt = typing.Annotated[int, annotated_types.Ge(0)]  # blocks, layers, workers, pool sizes
+NonNegativeFloat = typing.Annotated[float, annotated_types.Ge(0)]  # loss weights (0 turns a term off)
+
+
+# Top-level keys of the entry-point configs (no _target_ to read an annotation from).
+_TOP_LEVEL = {"seed": Check((int, type(None)))}
+
+
 def check_value_types(cfg: DictConfig) -> None:
     """Refuse, before anything is built and naming the key, a value of the wrong plain type for its ``_target_``'s
     parameter: ``model.step_graph=flase`` is the string "flase", which Python would take as true; a batch size of
-    "8x". Checks only parameters annotated with bool/int/float/str (or those or None)."""
+    "8x". Checks parameters annotated with bool/int/float/str (or those or None), their bounds
+    (``Annotated[int, Ge(1)]``: a batch size of 0) and fixed-length tuples of them (``optim.betas=[0.5]``)."""
     errors = []
 
     def walk(node: DictConfig | ListConfig, path: str) -> None:
@@ -84,15 +150,57 @@ def check_value_types(cfg: DictConfig) -> None:
                 pass
         for key, value in items.items():
             where = f"{path}{key}" if isinstance(node, DictConfig) else f"{path[:-1]}[{key}]"
-            if OmegaConf.is_config(value):
+            if OmegaConf.is_config(value) and not (key in hints and _check_of(hints[key]) is not None):
                 walk(value, where + ".")
                 continue
-            allowed = _plain_types(hints[key]) if key in hints and not str(key).startswith("_") else None
-            if allowed and not _accepts(value, allowed):
-                wanted = " or ".join(_PLAIN_TYPES.get(t, "null") for t in allowed)
-                quote = f" (quote it: {where}='{value}')" if str in allowed and value is not None else ""
-                errors.append(f"{where} must be {wanted}, got {value!r}{quote}")
+            check = _check_of(hints[key]) if key in hints and not str(key).startswith("_") else _TOP_LEVEL.get(where)
+            if check and (problem := _problem(value, check, where)):
+                errors.append(problem)
 
     walk(cfg, "")
     if errors:
-        raise ValueError("config values of the wrong type: " + "; ".join(errors))
+        raise ValueError("invalid config values: " + "; ".join(errors))
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """Refuse, naming the keys, a composition whose interpolations point at keys it lacks: ``model=dcgan`` alone
+    keeps the default ``data=synthetic_facades``, which has no ``image_size`` for ``model.image_size``. Without
+    this, omegaconf's bare "Interpolation key 'data.image_size' not found" came from deep inside instantiate."""
+    problems = []
+
+    def walk(node: DictConfig | ListConfig, path: str) -> None:
+        written = OmegaConf.to_container(node, resolve=False)
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            where = f"{path}{key}" if isinstance(node, DictConfig) else f"{path[:-1]}[{key}]"
+            if OmegaConf.is_missing(node, key):
+                continue
+            try:
+                value = node[key]
+            except InterpolationKeyError:
+                targets = re.findall(r"\$\{([^}:]+)\}", str(written[key]))
+                problems.append(f"{where} refers to {' and '.join(targets) or written[key]}, which is not set")
+                continue
+            if OmegaConf.is_config(value) and not OmegaConf.is_interpolation(node, key):
+                walk(value, where + ".")
+
+    walk(cfg, "")
+    if not problems:
+        return
+    model = (cfg.get("model") or {}).get("_target_") if isinstance(cfg.get("model"), DictConfig) else None
+    experiments = experiments_for(model) if model else []
+    fix = (f"pass an experiment that sets data, networks and loss for {model.rsplit('.', 1)[-1]} together: "
+           + " or ".join(f"experiment={name}" for name in experiments)) if experiments else (
+        "pick config groups that go together (the data config must have the keys named)")
+    raise ValueError(f"config groups that do not go together: {'; '.join(problems)}. Fix: {fix}")
+
+
+def experiments_for(model_target: str) -> list[str]:
+    """The packaged experiments (conf/experiment) whose model config builds ``model_target``."""
+    found = []
+    for path in sorted(Path(CONF_DIR, "experiment").glob("*.yaml")):
+        for entry in OmegaConf.load(path).get("defaults") or []:
+            choice = entry.get("override /model") if isinstance(entry, DictConfig) else None
+            model_file = Path(CONF_DIR, "model", f"{choice}.yaml")
+            if choice and model_file.is_file() and OmegaConf.load(model_file).get("_target_") == model_target:
+                found.append(path.stem)
+    return found

@@ -312,6 +312,16 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
     return [path for path in (run_dir / LAST_CHECKPOINT, run_dir / EXCEPTION_CHECKPOINT) if path.is_file()]
 
 
+def _progress(checkpoint: Path) -> tuple[int, float]:
+    """How far training had got in ``checkpoint``: its global step, then its file time (a copy that did not keep
+    file times must not make an older state win). An unreadable file comes last; resuming it names the problem."""
+    try:
+        step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+    except Exception:  # noqa: BLE001 - any unreadable file ranks last
+        step = -2
+    return step, checkpoint.stat().st_mtime
+
+
 def refuse_existing_run(run_dir: Path) -> None:
     """A new run in ``run_dir`` would overwrite the run whose checkpoints it holds: refuse it."""
     held = run_checkpoints(run_dir)
@@ -378,8 +388,8 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str
         raise ValueError(f"resume= takes a run folder, got the file {run_dir}; use ckpt_path={run_dir}")
     held = run_checkpoints(run_dir)
     if held:
-        # The newer one: a run that failed after its last.ckpt continues from the state saved at the failure.
-        latest = max(held, key=lambda path: path.stat().st_mtime)
+        # The further one: a run that failed after its last.ckpt continues from the state saved at the failure.
+        latest = max(held, key=_progress)
         log.info("resuming from %s", latest)
         return str(latest)
     log.info("resume=%s: no %s yet, starting the run there", run_dir, LAST_CHECKPOINT)

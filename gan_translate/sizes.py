@@ -100,8 +100,8 @@ def check_training_sizes(model, datamodule) -> None:
         return
     size = size_of()
     if size is not None:
-        origin, key, value = _origin(datamodule, size)
-        check_image_size(networks, size, f"training images ({origin})", _data_fix(key, value, combined, datamodule))
+        origin, keys = _origin(datamodule, size)
+        check_image_size(networks, size, f"training images ({origin})", _data_fix(keys, combined, datamodule))
         return
     preprocess = getattr(datamodule, "preprocess", None)
     kept = ("scales each file to data.crop_size wide, keeping its aspect ratio" if preprocess == "scale_width"
@@ -166,41 +166,49 @@ def _grouped(networks: dict, failing: dict) -> dict[tuple, list[str]]:
     return groups
 
 
-def _origin(datamodule, size: tuple[int, int]) -> tuple[str, str | None, int | None]:
-    """How the config sets the training size: (description, key to change, its value)."""
+def _origin(datamodule, size: tuple[int, int]) -> tuple[str, list[tuple[str, int]]]:
+    """How the config sets the training size: (description, the keys that set it with their values)."""
     preprocess = getattr(datamodule, "preprocess", None)
     crop = getattr(datamodule, "crop_size", None)
     if preprocess is None:
-        return f"from {type(datamodule).__name__}.train_image_size()", None, None
+        return f"from {type(datamodule).__name__}.train_image_size()", []
     if preprocess in CROPPING_MODES:
-        return f"data.preprocess={preprocess}, data.crop_size={crop}", "data.crop_size", crop
+        return f"data.preprocess={preprocess}, data.crop_size={crop}", [("data.crop_size", crop)]
     source = getattr(datamodule, "source_image_size", lambda: None)()
     source_text = f"{source[0]}x{source[1]} source images" if source else "the source images"
-    source_side = getattr(datamodule, "size", None)
-    if source_side is not None:
-        source_text += f" (data.size={source_side})"
+    source_keys = [("data.size", getattr(datamodule, "size", None))]
+    width = getattr(datamodule, "width", None)  # non-square embedded data: data.size is the height
+    if width is not None and width != source_keys[0][1]:
+        source_keys.append(("data.width", width))
+    source_keys = [(key, value) for key, value in source_keys if value is not None]
+    if source_keys:
+        source_text += f" ({', '.join(f'{key}={value}' for key, value in source_keys)})"
     rounded = size[1] != crop if preprocess == "scale_width" else tuple(size) != tuple(source or size)
     rounding = f", sides rounded down to multiples of {MAKE_DIVISIBLE}" if rounded else ""
     if preprocess == "scale_width":
         return (f"data.preprocess=scale_width to data.crop_size={crop} wide, {source_text}{rounding}",
-                "data.crop_size", crop)
-    key = "data.size" if source_side is not None else None
-    return f"data.preprocess={preprocess}, {source_text}{rounding}", key, source_side
+                [("data.crop_size", crop)])
+    return f"data.preprocess={preprocess}, {source_text}{rounding}", source_keys
 
 
-def _data_fix(key: str | None, value: int | None, combined: SizeRule, datamodule) -> str:
-    """The nearest values of the data key that sets the training size."""
-    if key is None or value is None:
+def _data_fix(keys: list[tuple[str, int]], combined: SizeRule, datamodule) -> str:
+    """The nearest valid values of the data keys that set the training size (of those that are not valid)."""
+    if not keys:
         return f"train on images whose sides are {_valid_examples(combined)}"
     preprocess = getattr(datamodule, "preprocess", None)
     # none/scale_width round sides down to multiples of MAKE_DIVISIBLE: suggest values that survive it.
     rule = SizeRule.combined([combined, SizeRule(MAKE_DIVISIBLE)]) if preprocess in ("none", "scale_width") else combined
+    wrong = [(key, value) for key, value in keys if not rule.accepts(value)] or keys
+    return "; ".join(_nearest(key, value, rule, datamodule) for key, value in wrong)
+
+
+def _nearest(key: str, value: int, rule: SizeRule, datamodule) -> str:
     below, above = rule.at_most(value), rule.at_least(value)
     if below is None:
         text = f"use {key}={above} (the nearest valid value; none is smaller)"
     else:
         text = f"use {key}={below} or {key}={above} (the nearest valid values)"
-    load = getattr(datamodule, "load_size", None)
+    preprocess, load = getattr(datamodule, "preprocess", None), getattr(datamodule, "load_size", None)
     if key == "data.crop_size" and preprocess in ("resize_and_crop", "scale_width_and_crop") and load is not None:
         if above > load:
             text += f"; {key}={above} needs data.load_size>={above} (now {load})"

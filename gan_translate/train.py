@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint
-from gan_translate.config import CONF_DIR, check_value_types
+from gan_translate.config import CONF_DIR, check_interpolations, check_value_types
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics.translation import selection_metric
 from gan_translate.models.base import CHECKPOINT_KEY, GANModule
@@ -113,6 +113,7 @@ def _auto_monitor(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> float | None:
     """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
+    check_interpolations(cfg)  # model=dcgan alone: the default data has no data.image_size
     check_value_types(cfg)  # model.step_graph=flase would otherwise be a true string
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)

@@ -212,7 +212,7 @@ def test_predict_refuses_files_that_are_not_our_checkpoints(tmp_path, content):
     path = tmp_path / "model.ckpt"
     if content == "text":
         path.write_text("hello, I am not a checkpoint\n")
-        expected = "not a readable PyTorch checkpoint"
+        expected = r"model\.ckpt is not a PyTorch checkpoint \(not the zip archive torch\.save writes\)"
     else:
         torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, path)
         expected = "not a gan_translate checkpoint"

@@ -227,6 +227,59 @@ def test_values_of_the_wrong_type_fail_before_training_naming_the_keys(tmp_path)
         check_value_types(cfg)
 
 
+def test_values_out_of_range_fail_before_training_naming_the_keys(tmp_path):
+    """Each of these failed later without naming its key: a comparison error inside Adam (lr), an IndexError
+    (betas), a ZeroDivisionError in the loader (batch_size 0), a conv error in the first step (ngf 0), int()'s
+    message (seed), and a negative loss weight trained towards the wrong target without a word."""
+    cfg = compose_train([*TINY_OVERRIDES, "optim.lr=2e-4x", "optim.betas=[0.5]", "data.batch_size=0",
+                         "generator.ngf=0", "discriminator.n_layers=-1", "seed=abc", "loss.lambda_l1=-1",
+                         "data.num_workers=-1"], tmp_path)
+    with pytest.raises(ValueError) as raised:
+        train(cfg)
+    for message in ("optim.lr must be a number, got '2e-4x'", "optim.betas must be a list of 2 values, got [0.5]",
+                    "data.batch_size must be >= 1, got 0", "generator.ngf must be >= 1, got 0",
+                    "discriminator.n_layers must be >= 0, got -1", "seed must be an integer or null, got 'abc'",
+                    "loss.lambda_l1 must be >= 0, got -1", "data.num_workers must be >= 0, got -1"):
+        assert message in str(raised.value)
+    assert not (tmp_path / "checkpoints").exists()
+    # Items of a fixed-length tuple are checked one by one; a value at its bound passes.
+    with pytest.raises(ValueError, match=r"optim\.betas\[1\] must be a number, got 'x'"):
+        check_value_types(compose_train([*TINY_OVERRIDES, "optim.betas=[0.5,x]"], tmp_path))
+    check_value_types(compose_train([*TINY_OVERRIDES, "loss.lambda_l1=0", "seed=null", "optim.lr=1"], tmp_path))
+
+
+@pytest.mark.parametrize("model", ["dcgan", "cgan", "infogan", "aae"])
+def test_a_noise_model_alone_names_its_experiments(model, tmp_path):
+    """model=dcgan alone keeps the default facades data, which has no image_size: omegaconf's bare
+    "Interpolation key 'data.image_size' not found" came from inside instantiate."""
+    cfg = compose_train([f"model={model}"], tmp_path)
+    with pytest.raises(ValueError, match=rf"model\.image_size refers to data\.image_size, which is not set.*"
+                                         rf"experiment=demo_{model} or experiment=mnist_{model}"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("experiment", ["demo", "shapes_cyclegan"])
+def test_a_feature_list_discriminator_is_refused_where_one_score_map_is_read(experiment, tmp_path):
+    """discriminator=multiscale (pix2pixHD's) with pix2pix failed inside GANLoss at the first step."""
+    cfg = compose_train([f"experiment={experiment}", "discriminator=multiscale"], tmp_path)
+    with pytest.raises(InstantiationException, match=r"takes one score map.*discriminator=multiscale.*basic"):
+        build_model(cfg)
+
+
+def test_wgangp_with_a_batch_norm_critic_warns(tmp_path):
+    """The gradient penalty treats every sample on its own; batch norm in the critic mixes them."""
+    overrides = [*TINY_OVERRIDES, "loss.gan_mode=wgangp", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                 "+trainer.limit_val_batches=1"]
+    with pytest.warns(UserWarning, match=r"wgangp with batch norm in discriminator.*discriminator\.norm=instance"):
+        train(compose_train(overrides, tmp_path / "batch"))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(compose_train([*overrides, "discriminator.norm=instance"], tmp_path / "instance"))
+    assert not [w for w in caught if "batch norm in" in str(w.message)]
+
+
 def sweep(tmp_path: Path, *overrides: str) -> Path:
     sweep_dir = tmp_path / "sweep"
     run_module("gan_translate.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)

@@ -139,7 +139,7 @@ class Recorder(pl.Callback):
 def test_training_run_equals_the_normal_path(tmp_path, overrides):
     """Hydra composition + train(): with data.device_cache=true a seeded run sees the same batches and ends with
     the same weights as with the normal loader, and its losses are finite."""
-    overrides = [*overrides, "data.preprocess=resize_and_crop", "+data.load_size=36", "+data.crop_size=32",
+    overrides = [*overrides, "data.preprocess=resize_and_crop", "data.load_size=36", "data.crop_size=32",
                  "trainer.max_epochs=2"]
     runs = {}
     for cached in (False, True):

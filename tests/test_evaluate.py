@@ -129,6 +129,27 @@ def test_plateau_scheduler_steps_only_after_a_validation(tmp_path):
     assert steps.counted == [0, 0, 1, 1, 2]  # stepped after epochs 1 and 3, the validated ones
 
 
+def test_plateau_scheduler_steps_only_when_its_metric_was_computed(tmp_path):
+    """metrics.every_n_epochs=3 computes val/psnr after epochs 2 and 5 only: the run stopped after epoch 1 (not
+    logged), and a stale value would have been counted again against the patience."""
+    import pytorch_lightning as pl
+
+    class Steps(pl.Callback):
+        def __init__(self) -> None:
+            self.counted: list[int] = []
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.counted.append(trainer.lr_scheduler_configs[0].scheduler.last_epoch)
+
+    steps = Steps()
+    cfg = compose_train(tmp_path, ["scheduler=plateau", "trainer.max_epochs=6", "metrics.every_n_epochs=3",
+                                   "metrics.collection.fid=false", "metrics.collection.lpips=false",
+                                   "monitor.metric=val/psnr", "monitor.mode=max", "data.train_length=4",
+                                   "data.val_length=4"])
+    train(cfg, extra_callbacks=[steps])
+    assert steps.counted == [2]  # after epochs 2 and 5
+
+
 @pytest.fixture()
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")

@@ -101,7 +101,7 @@ def test_wrong_checkpoints_rejected(trained, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         Translator.from_checkpoint(tmp_path / "missing.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match=r"junk\.ckpt is not a readable"):
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt is not a PyTorch checkpoint"):
         model_from_checkpoint(tmp_path / "junk.ckpt")
     # A pix2pix checkpoint whose weights no longer fit its config: the error lists the keys.
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

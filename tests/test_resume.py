@@ -358,3 +358,22 @@ def test_resuming_another_models_or_other_widths_checkpoint_names_it(tmp_path):
     with pytest.raises(CheckpointError, match=r"it holds a Pix2Pix, this config builds a CycleGAN"):
         train(compose_train("experiment=shapes_cyclegan", "trainer.max_epochs=2", f"ckpt_path={last}",
                             f"paths.output_dir={tmp_path / 'other'}"))
+
+
+def test_resume_continues_from_the_checkpoint_with_more_steps_whatever_the_file_times(tmp_path):
+    """resume=RUN chose between last.ckpt and on_exception.ckpt by file time, so a copy that reset the times (or an
+    older on_exception.ckpt touched later) continued from the state with fewer steps."""
+    import os
+
+    from gan_translate.resume import resume_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"global_step": 40}, folder / "last.ckpt")
+    torch.save({"global_step": 24}, folder / "on_exception.ckpt")
+    os.utime(folder / "last.ckpt", (1_000, 1_000))  # the further state has the older file time
+    assert resume_checkpoint(None, str(tmp_path / "run")) == str(folder / "last.ckpt")
+    torch.save({"global_step": 48}, folder / "on_exception.ckpt")
+    assert resume_checkpoint(None, str(tmp_path / "run")) == str(folder / "on_exception.ckpt")
+    (folder / "on_exception.ckpt").write_text("truncated")  # unreadable: the readable state wins
+    assert resume_checkpoint(None, str(tmp_path / "run")) == str(folder / "last.ckpt")

@@ -211,6 +211,24 @@ def test_discriminator_too_deep_names_its_key(tmp_path):
     check_training_sizes(build_model(cfg), instantiate(cfg.data))
 
 
+def test_non_square_embedded_data_names_the_key_of_the_failing_side(tmp_path):
+    """64x100 label facades: the fix named data.size (whose 64 was fine) and suggested 64 or 64."""
+    cfg = compose_train(["experiment=demo_pix2pixhd", "data.width=100"], tmp_path / "run")
+    message = refused(cfg)
+    assert "(data.size=64, data.width=100)" in message
+    assert "Fix: use data.width=96 or data.width=104" in message and "use data.size" not in message
+
+
+def test_embedded_data_crop_advice_is_a_key_the_config_has(tmp_path):
+    """The synthetic data configs had no crop_size key, so the advice data.crop_size=64 was refused by Hydra
+    (it needed +data.crop_size)."""
+    message = refused(compose_train([*TINY_OVERRIDES, "data.preprocess=crop", "data.crop_size=100"], tmp_path / "a"))
+    assert "use data.crop_size=32" in message  # TINY renders 32 px
+    cfg = compose_train([*TINY_OVERRIDES, "data.preprocess=resize_and_crop", "data.load_size=36",
+                         "data.crop_size=32"], tmp_path / "b")
+    check_training_sizes(build_model(cfg), instantiate(cfg.data))
+
+
 def test_files_of_unknown_size_are_checked_on_the_first_item(tmp_path):
     root = write_aligned(tmp_path / "facades", count=2, size=40)
     cfg = compose_train(on_files(root, "generator.num_downs=5", "data.preprocess=none"), tmp_path / "run")

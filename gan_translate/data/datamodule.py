@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import tv_tensors
 
+from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.data.datasets import (
     AlignedDataset,
     DataError,
@@ -40,15 +41,15 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 1,
-        num_workers: int = 2,
+        batch_size: PositiveInt = 1,
+        num_workers: NonNegativeInt = 2,
         input_nc: int = 3,
         output_nc: int = 3,
         preprocess: str = "resize_and_crop",
         load_size: int = 286,
         crop_size: int = 256,
         flip: bool = True,
-        val_batch_size: int | None = None,
+        val_batch_size: PositiveInt | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = True,
         drop_last: bool = False,
@@ -277,7 +278,7 @@ class SyntheticFacadesDataModule(TranslationDataModule):
     pairs_side_by_side = True  # its samples, saved as A|B images, are read like the aligned layout
 
     def __init__(
-        self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0,
+        self, size: PositiveInt = 64, train_length: PositiveInt = 400, val_length: PositiveInt = 32, seed: int = 0,
         direction: str = "AtoB", **kwargs,
     ) -> None:
         kwargs.setdefault("preprocess", "none")
@@ -299,7 +300,8 @@ class SyntheticShapesDataModule(TranslationDataModule):
     paired = False
 
     def __init__(
-        self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0, **kwargs
+        self, size: PositiveInt = 64, train_length: PositiveInt = 400, val_length: PositiveInt = 32, seed: int = 0,
+        **kwargs,
     ) -> None:
         kwargs.setdefault("preprocess", "none")
         super().__init__(**kwargs)

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from gan_translate.config import PositiveInt
 from gan_translate.data.datamodule import TranslationDataModule, _require_root
 from gan_translate.data.datasets import DataError, list_images, read_image
 from gan_translate.data.synthetic import LABELS, _generator, render_facade
@@ -285,8 +286,9 @@ class SyntheticLabelFacadesDataModule(TranslationDataModule):
     high and ``width`` wide (None: square). A ``label_nc`` above 6 gives the networks a dataset's class count
     (e.g. Cityscapes' 35, for benchmarks); the extra classes never occur."""
 
-    def __init__(self, size: int = 64, train_length: int = 400, val_length: int = 32, seed: int = 0,
-                 label_nc: int = len(FACADE_CLASSES), instance: bool = True, width: int | None = None,
+    def __init__(self, size: PositiveInt = 64, train_length: PositiveInt = 400, val_length: PositiveInt = 32,
+                 seed: int = 0,
+                 label_nc: int = len(FACADE_CLASSES), instance: bool = True, width: PositiveInt | None = None,
                  **kwargs) -> None:
         if not len(FACADE_CLASSES) <= label_nc <= MAX_LABEL_NC:
             raise DataError(f"the synthetic facades have {len(FACADE_CLASSES)} classes ({', '.join(FACADE_CLASSES)}); "

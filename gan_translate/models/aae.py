@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import GANLoss
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns, square_columns
@@ -45,8 +46,8 @@ class AAELoss(nn.Module):
         self,
         gan_mode: str = "vanilla",
         reconstruction: str = "mse",
-        lambda_reconstruction: float = 1.0,
-        lambda_adversarial: float = 1.0,
+        lambda_reconstruction: NonNegativeFloat = 1.0,
+        lambda_adversarial: NonNegativeFloat = 1.0,
     ) -> None:
         super().__init__()
         if reconstruction not in RECONSTRUCTIONS:

@@ -42,7 +42,7 @@ CHECKPOINT_KEY = "gan_translate"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 log = logging.getLogger(__name__)
-__all__ = ["CHECKPOINT_KEY", "GANModule", "NonFiniteLossError", "build_network", "expect_loss"]
+__all__ = ["CHECKPOINT_KEY", "GANModule", "NonFiniteLossError", "build_network", "expect_loss", "expect_score_map"]
 
 
 def build_network(factory: Callable[..., nn.Module] | nn.Module, **channels: int) -> nn.Module:
@@ -60,6 +60,18 @@ def expect_loss(loss: object, expected: type, model: str, example: str, loss_con
             f"model={model} needs its own loss weights ({expected.__name__}, loss={loss_config}), got "
             f"{type(loss).__name__}: pass loss={loss_config}, or an experiment that sets data, networks and loss "
             f"together, e.g. experiment={example}"
+        )
+
+
+def expect_score_map(discriminator: nn.Module, model: str) -> None:
+    """Fail at construction, naming the keys, when a model that reads one score map per image gets a discriminator
+    that returns lists of features (``discriminator=multiscale`` with pix2pix failed inside GANLoss at the first
+    step)."""
+    if getattr(discriminator, "returns_features", False):
+        raise TypeError(
+            f"model={model} takes one score map from its discriminator, but {type(discriminator).__name__} "
+            "(discriminator=multiscale) returns every scale's features, for pix2pixHD's feature matching: use "
+            "discriminator=basic or n_layers, or model=pix2pixhd (e.g. experiment=demo_pix2pixhd)"
         )
 
 
@@ -114,6 +126,9 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         self.test_batch_stats = test_batch_stats  # see models/norm_modes.py
         self._validated_epoch: int | None = None
         self._metrics_active = False
+        # The last epoch whose validation computed the metrics collection, and the names it logged.
+        self._metrics_epoch: int | None = None
+        self._metric_names: set[str] = set()
 
     # ----- hooks for subclasses -----
     def optimizer_groups(self) -> dict[str, Iterable[nn.Parameter]]:
@@ -314,6 +329,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
     def configure_optimizers(self):
         groups = {name: list(params) for name, params in self.optimizer_groups().items()}
         self._check_every_trainable_parameter_is_optimized(groups)
+        self._warn_on_batch_norm_critic()
         optimizers = [self.optimizer_factory(params) for params in groups.values()]
         self._check_clipping_possible(optimizers)
         if self.scheduler_factory is None:
@@ -351,6 +367,20 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
                 f"{type(self).__name__}: parameters that require gradients are in none of optimizer_groups() "
                 f"({', '.join(groups)}): {shown}. Add them to a group in optimizer_groups(), or freeze them "
                 "(requires_grad_(False))"
+            )
+
+    def _warn_on_batch_norm_critic(self) -> None:
+        # The WGAN-GP penalty holds each sample's gradient norm to 1, which assumes the critic scores every sample
+        # on its own; batch norm mixes the samples of a batch (Gulrajani et al. leave it out of the critic).
+        if not getattr(getattr(self, "loss", None), "uses_gradient_penalty", False):
+            return
+        critics = [name for name, network in self.networks().items() if name.startswith("discriminator")
+                   and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())]
+        if critics:
+            rank_zero_warn(
+                f"loss.gan_mode=wgangp with batch norm in {', '.join(critics)}: the gradient penalty assumes each "
+                "sample is scored on its own, which batch norm breaks (the WGAN-GP paper leaves it out of the "
+                "critic). Set discriminator.norm=instance or none."
             )
 
     def _check_clipping_possible(self, optimizers: list[torch.optim.Optimizer]) -> None:
@@ -401,6 +431,11 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
                     # last value would be counted again against the patience.
                     continue
                 value = self.trainer.callback_metrics.get(self.scheduler_monitor or "")
+                if self._metrics_epoch != self.current_epoch and (
+                        self.scheduler_monitor in self._metric_names
+                        or (value is None and self.metrics_every_n_epochs > 1)):
+                    # A metric of the collection, computed every metrics.every_n_epochs only: not on this epoch.
+                    continue
                 if value is None:
                     if self.trainer.current_epoch > 0 or self.scheduler_monitor is None:
                         raise RuntimeError(
@@ -433,8 +468,9 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
             # compute() already synchronises the metric states across processes, so every rank holds the same
             # values: sync_dist averages equal numbers (a few scalars per validation) and silences Lightning's
             # "use sync_dist=True" warning under DDP.
-            values = self.metrics.compute()
-            self.log_dict({f"val/{name}": float(value) for name, value in values.items()}, sync_dist=True)
+            values = {f"val/{name}": float(value) for name, value in self.metrics.compute().items()}
+            self.log_dict(values, sync_dist=True)
+            self._metrics_epoch, self._metric_names = self.current_epoch, set(values)
             self.metrics.reset()
             self._metrics_active = False
 

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_translate.config import NonNegativeFloat, NonNegativeInt
 from gan_translate.losses import GANLoss, gradient_penalty
-from gan_translate.models.base import GANModule, build_network, expect_loss
+from gan_translate.models.base import GANModule, build_network, expect_loss, expect_score_map
 from gan_translate.models.image_pool import ImagePool
 
 
@@ -33,9 +34,9 @@ class CycleGANLoss(nn.Module):
     def __init__(
         self,
         gan_mode: str = "lsgan",
-        lambda_cycle: float = 10.0,
-        lambda_identity: float = 0.5,
-        lambda_gp: float = 10.0,
+        lambda_cycle: NonNegativeFloat = 10.0,
+        lambda_identity: NonNegativeFloat = 0.5,
+        lambda_gp: NonNegativeFloat = 10.0,
     ) -> None:
         super().__init__()
         self.gan = GANLoss(gan_mode)
@@ -60,7 +61,7 @@ class CycleGAN(GANModule):
         scheduler: Callable | None = None,
         input_nc: int = 3,
         output_nc: int = 3,
-        pool_size: int = 50,
+        pool_size: NonNegativeInt = 50,
         **kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, input_nc=input_nc, output_nc=output_nc, **kwargs)
@@ -74,6 +75,7 @@ class CycleGAN(GANModule):
         self.generator_B = build_network(generator, input_nc=output_nc, output_nc=input_nc)
         self.discriminator_A = build_network(discriminator, input_nc=output_nc)  # real B vs G_A(A)
         self.discriminator_B = build_network(discriminator, input_nc=input_nc)  # real A vs G_B(B)
+        expect_score_map(self.discriminator_A, "cyclegan")
         self.loss = loss
         self.fake_B_pool = ImagePool(pool_size)
         self.fake_A_pool = ImagePool(pool_size)

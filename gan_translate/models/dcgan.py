@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gan_translate.config import NonNegativeFloat, PositiveInt
 from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, grid_columns, square_columns
@@ -19,7 +20,7 @@ from gan_translate.models.generative import GenerativeGAN, LabelsArg, grid_colum
 class DCGANLoss(nn.Module):
     """The adversarial objective of the noise-to-image GANs (DCGAN, cGAN): ``loss.gan_mode``, ``loss.lambda_gp``."""
 
-    def __init__(self, gan_mode: str = "vanilla", lambda_gp: float = 10.0) -> None:
+    def __init__(self, gan_mode: str = "vanilla", lambda_gp: NonNegativeFloat = 10.0) -> None:
         super().__init__()
         self.gan = GANLoss(gan_mode)
         self.lambda_gp = lambda_gp
@@ -41,7 +42,7 @@ class DCGAN(GenerativeGAN):
         scheduler: Callable | None = None,
         image_size: int = 28,
         channels: int = 1,
-        latent_dim: int = 100,
+        latent_dim: PositiveInt = 100,
         **kwargs,
     ) -> None:
         super().__init__(optimizer, scheduler, image_size=image_size, channels=channels, **kwargs)

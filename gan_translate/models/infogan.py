@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns
@@ -41,10 +42,10 @@ class InfoGANLoss(nn.Module):
     def __init__(
         self,
         gan_mode: str = "vanilla",
-        lambda_categorical: float = 1.0,
-        lambda_continuous: float = 0.1,
+        lambda_categorical: NonNegativeFloat = 1.0,
+        lambda_continuous: NonNegativeFloat = 0.1,
         continuous_loss: str = "gaussian",
-        lambda_gp: float = 10.0,
+        lambda_gp: NonNegativeFloat = 10.0,
     ) -> None:
         super().__init__()
         if continuous_loss not in CONTINUOUS_LOSSES:

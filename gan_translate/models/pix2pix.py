@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import GANLoss, gradient_penalty
-from gan_translate.models.base import GANModule, build_network, expect_loss
+from gan_translate.models.base import GANModule, build_network, expect_loss, expect_score_map
 
 
 class Pix2PixLoss(nn.Module):
     """pix2pix objective: GAN + lambda_l1 * L1 (+ lambda_gp * GP when gan_mode is wgangp)."""
 
-    def __init__(self, gan_mode: str = "vanilla", lambda_l1: float = 100.0, lambda_gp: float = 10.0) -> None:
+    def __init__(self, gan_mode: str = "vanilla", lambda_l1: NonNegativeFloat = 100.0, lambda_gp: NonNegativeFloat = 10.0) -> None:
         super().__init__()
         self.gan = GANLoss(gan_mode)
         self.lambda_l1 = lambda_l1
@@ -50,6 +51,7 @@ class Pix2Pix(GANModule):
         self.generator = build_network(generator, input_nc=input_nc, output_nc=output_nc)
         d_channels = input_nc + output_nc if conditional_discriminator else output_nc
         self.discriminator = build_network(discriminator, input_nc=d_channels)
+        expect_score_map(self.discriminator, "pix2pix")
         self.loss = loss
 
     def optimizer_groups(self):

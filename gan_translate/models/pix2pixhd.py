@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import (
     FeatureMatchingLoss,
     GANLoss,
@@ -43,9 +44,9 @@ class Pix2PixHDLoss(nn.Module):
     def __init__(
         self,
         gan_mode: str = "lsgan",
-        lambda_feat: float = 10.0,
-        lambda_vgg: float = 10.0,
-        lambda_gp: float = 10.0,
+        lambda_feat: NonNegativeFloat = 10.0,
+        lambda_vgg: NonNegativeFloat = 10.0,
+        lambda_gp: NonNegativeFloat = 10.0,
         gan_reduction: str = "sum",
     ) -> None:
         super().__init__()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.dcgan import downsampling_trunk
 from gan_translate.networks.layers import init_weights
 
@@ -17,7 +18,7 @@ class ConvEncoder(nn.Module):
         self,
         input_nc: int,
         image_size: int,
-        latent_dim: int,
+        latent_dim: PositiveInt,
         nef: int = 64,
         norm: str = "batch",
         init_type: str = "normal",
@@ -36,7 +37,7 @@ class LatentDiscriminator(nn.Module):
     """D(z): an MLP telling prior samples from encoded codes; one raw score per code."""
 
     def __init__(
-        self, latent_dim: int, hidden: int = 512, n_layers: int = 2, init_type: str = "normal", init_gain: float = 0.02
+        self, latent_dim: int, hidden: PositiveInt = 512, n_layers: NonNegativeInt = 2, init_type: str = "normal", init_gain: float = 0.02
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []

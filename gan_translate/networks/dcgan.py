@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gan_translate.config import PositiveInt
 from gan_translate.networks.layers import init_weights, norm_layer, one_hot, uses_bias
 
 CONDITIONINGS = ("auto", "none", "concat", "projection")
@@ -71,8 +72,8 @@ class DCGANGenerator(nn.Module):
         self,
         output_nc: int,
         image_size: int,
-        latent_dim: int = 100,
-        ngf: int = 64,
+        latent_dim: PositiveInt = 100,
+        ngf: PositiveInt = 64,
         norm: str = "batch",
         num_classes: int = 0,
         class_embedding: int | None = None,
@@ -124,7 +125,7 @@ class DCGANDiscriminator(nn.Module):
         self,
         input_nc: int,
         image_size: int,
-        ndf: int = 64,
+        ndf: PositiveInt = 64,
         norm: str = "batch",
         num_classes: int = 0,
         conditioning: str = "auto",

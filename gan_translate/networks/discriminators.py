@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.layers import init_weights, norm_layer, uses_bias
 
 
@@ -18,8 +19,8 @@ class NLayerDiscriminator(nn.Module):
     def __init__(
         self,
         input_nc: int,
-        ndf: int = 64,
-        n_layers: int = 3,
+        ndf: PositiveInt = 64,
+        n_layers: NonNegativeInt = 3,
         norm: str = "batch",
         init_type: str = "normal",
         init_gain: float = 0.02,
@@ -76,7 +77,7 @@ class PixelDiscriminator(nn.Module):
     def __init__(
         self,
         input_nc: int,
-        ndf: int = 64,
+        ndf: PositiveInt = 64,
         norm: str = "batch",
         init_type: str = "normal",
         init_gain: float = 0.02,

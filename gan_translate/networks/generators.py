@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.layers import init_weights, norm_layer, uses_bias
 
 
@@ -78,7 +79,7 @@ class UnetGenerator(nn.Module):
         input_nc: int,
         output_nc: int,
         num_downs: int = 8,
-        ngf: int = 64,
+        ngf: PositiveInt = 64,
         norm: str = "batch",
         dropout: float = 0.5,
         init_type: str = "normal",
@@ -146,8 +147,8 @@ class ResnetGenerator(nn.Module):
         self,
         input_nc: int,
         output_nc: int,
-        n_blocks: int = 9,
-        ngf: int = 64,
+        n_blocks: NonNegativeInt = 9,
+        ngf: PositiveInt = 64,
         norm: str = "instance",
         dropout: float = 0.0,
         padding: str = "reflect",

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.discriminators import NLayerDiscriminator
 from gan_translate.networks.generators import ResnetBlock
 from gan_translate.networks.layers import init_weights, norm_layer, one_hot, uses_bias
@@ -75,9 +76,9 @@ class GlobalGenerator(nn.Module):
         self,
         input_nc: int,
         output_nc: int,
-        ngf: int = 64,
+        ngf: PositiveInt = 64,
         n_downsample_global: int = 4,
-        n_blocks_global: int = 9,
+        n_blocks_global: NonNegativeInt = 9,
         norm: str = "instance",
         padding: str = "reflect",
         init_type: str = "normal",
@@ -124,11 +125,11 @@ class LocalEnhancer(nn.Module):
         self,
         input_nc: int,
         output_nc: int,
-        ngf: int = 64,
+        ngf: PositiveInt = 64,
         n_downsample_global: int = 4,
-        n_blocks_global: int = 9,
+        n_blocks_global: NonNegativeInt = 9,
         n_local_enhancers: int = 1,
-        n_blocks_local: int = 3,
+        n_blocks_local: NonNegativeInt = 3,
         norm: str = "instance",
         padding: str = "reflect",
         init_type: str = "normal",
@@ -223,12 +224,14 @@ class MultiscaleDiscriminator(nn.Module):
     ``min_size`` is the smallest input side that every scale can take (its coarsest PatchGAN needs >= 1 score).
     """
 
+    returns_features = True  # per-scale feature lists, not one score map: only models with feature matching take it
+
     def __init__(
         self,
         input_nc: int,
-        ndf: int = 64,
-        n_layers: int = 3,
-        num_D: int = 2,
+        ndf: PositiveInt = 64,
+        n_layers: NonNegativeInt = 3,
+        num_D: PositiveInt = 2,
         norm: str = "instance",
         init_type: str = "normal",
         init_gain: float = 0.02,
@@ -266,7 +269,7 @@ class FeatureEncoder(nn.Module):
         self,
         input_nc: int,
         feat_num: int = 3,
-        ngf: int = 16,
+        ngf: PositiveInt = 16,
         n_downsampling: int = 4,
         norm: str = "instance",
         padding: str = "reflect",
