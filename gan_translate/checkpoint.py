@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,11 +27,34 @@ class CheckpointError(ValueError):
 def build_model(cfg: DictConfig | dict) -> GANModule:
     """Instantiate ``cfg.model`` and attach the whole config so it is saved in every checkpoint."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    model = instantiate(cfg.model, _convert_="partial")
+    try:
+        model = instantiate(cfg.model, _convert_="partial")
+    except InstantiationException as error:
+        problem = _unexpected_argument(cfg, str(error))
+        if problem is None:
+            raise
+        raise TypeError(problem) from error
     if not isinstance(model, GANModule):
         raise TypeError(f"model._target_ must build a gan_translate GANModule, got {type(model).__name__}")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     return model
+
+
+def _unexpected_argument(cfg: DictConfig, message: str) -> str | None:
+    """For "X.__init__() got an unexpected keyword argument 'ngf'" from a network or loss built inside the model:
+    the config key that passed it, and how to drop it (a new generator without ``ngf`` under the default
+    experiment=demo, which sets generator.ngf, got only Python's message)."""
+    found = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", message)
+    if not found:
+        return None
+    owner, argument = found.groups()
+    for group, node in cfg.items():
+        if (isinstance(node, DictConfig) and str(node.get("_target_", "")).rsplit(".", 1)[-1] == owner
+                and argument in node):
+            return (f"{group}.{argument}={node[argument]}: {node._target_} takes no argument {argument!r}. Drop it "
+                    f"with '~{group}.{argument}', or leave out the experiment that sets it (the default "
+                    "experiment=demo sets generator.ngf and discriminator.ndf; '~experiment' runs without it)")
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -31,7 +31,8 @@ class LinearDecayLR(LRScheduler):
     """Constant for ``constant_epochs`` epochs, then linear decay towards 0 until ``total_epochs``.
 
     pix2pix/CycleGAN: 100 constant + 100 decaying epochs, i.e. ``constant_epochs=100, total_epochs=200``.
-    ``constant_epochs=None`` keeps the LR constant for the first half, the papers' proportion.
+    ``constant_epochs=None`` keeps the LR constant for the first half, the papers' proportion, rounded up: a
+    1-epoch run (a smoke test, a notebook) trains at the full rate, where 0 constant epochs would halve it.
     The factor for epoch e (0-based) is ``1 - max(0, e + 1 - constant_epochs) / (decay_epochs + 1)``,
     the authors' rule, so the last epoch still trains at a small positive rate.
     """
@@ -41,7 +42,7 @@ class LinearDecayLR(LRScheduler):
     ) -> None:
         check_run_length(total_epochs, "scheduler.total_epochs")
         if constant_epochs is None:
-            constant_epochs = total_epochs // 2
+            constant_epochs = (total_epochs + 1) // 2
         if total_epochs < constant_epochs:
             raise ValueError(
                 f"scheduler.total_epochs ({total_epochs}) must be >= scheduler.constant_epochs ({constant_epochs})"

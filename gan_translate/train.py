@@ -7,11 +7,12 @@ Composes conf/train.yaml, builds datamodule, model, callbacks, loggers and Train
 from __future__ import annotations
 
 import logging
+import os
 
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
@@ -76,6 +77,18 @@ def check_resumable(ckpt_path: str, model: GANModule) -> None:
         )
 
 
+def absolute_data_root(cfg: DictConfig) -> None:
+    """Make a relative ``data.root`` absolute (from the launch folder) in the config the checkpoints keep:
+    evaluate, predict and resume read the run's data from there, from whatever folder they run in."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or "root" not in data or OmegaConf.is_missing(data, "root"):
+        return
+    root = data.root
+    if isinstance(root, str) and root and not os.path.isabs(root):
+        with open_dict(cfg):
+            data.root = os.path.abspath(root)
+
+
 def choose_monitor(cfg: DictConfig) -> str | None:
     """Resolve ``monitor.metric=auto`` in ``cfg`` (see conf/train.yaml); returns the metric, or None when no
     metric fit for picking checkpoints is available (then only last.ckpt and periodic checkpoints are kept)."""
@@ -115,6 +128,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
     check_interpolations(cfg)  # model=dcgan alone: the default data has no data.image_size
     check_value_types(cfg)  # model.step_graph=flase would otherwise be a true string
+    absolute_data_root(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     metric = choose_monitor(cfg)

@@ -153,7 +153,7 @@ class FirstBatch(pl.Callback):
 def test_reference_loop_is_the_same_iteration_as_the_lightning_step(tmp_path, method):
     """The benchmark's plain-PyTorch reference iteration and the LightningModule's training_step are the
     same computation: from the same weights, batch and RNG state they reach the same weights."""
-    # scheduler=constant: the default linear decay would already halve the LR in a 1-epoch run.
+    # scheduler=constant: the reference loop has no schedule.
     cfg = tiny_config(method, tmp_path, "optim.fused=false", "scheduler=constant", "trainer.accelerator=cpu",
                       "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=0")
     model = build_model(cfg)

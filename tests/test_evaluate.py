@@ -319,3 +319,31 @@ def test_default_reports_of_checkpoints_kept_outside_a_run_do_not_collide():
 
     assert report("runs/a/checkpoints/last.ckpt") == Path("runs/a/eval/last_test.json")
     assert report("models/p2p/last.ckpt") != report("models/hd/last.ckpt")
+
+
+def test_a_relative_data_root_is_kept_absolute_so_evaluate_works_from_elsewhere(tmp_path, monkeypatch):
+    """data.root=facades (relative to the launch folder) was stored as given: evaluate from another folder looked
+    for the test split in the wrong place."""
+    from conftest import write_aligned
+
+    launch = tmp_path / "launch"
+    write_aligned(launch / "facades", splits=("train", "val", "test"), count=2)
+    monkeypatch.chdir(launch)
+    tiny = [o for o in TINY if not o.startswith(("data.size", "data.train_length", "data.val_length"))]
+    run = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny, "data=aligned", "data.root=facades", "data.load_size=36",
+                                          "data.crop_size=32", "generator.num_downs=5", "trainer.max_epochs=1",
+                                          "metrics=none",
+                                          f"paths.output_dir={run}"])
+    train(cfg)
+    stored = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert stored["gan_translate"]["config"]["data"]["root"] == str(launch / "facades")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "gan_translate.evaluate", f"ckpt_path={run}/checkpoints/last.ckpt",
+                    "split=test", f"output={elsewhere / 'report.json'}", "metrics.collection.fid=false",
+                    "metrics.collection.lpips=false"],
+                   check=True, cwd=elsewhere, capture_output=True, env={**__import__("os").environ,
+                                                                         "PYTHONPATH": str(ROOT)})
+    assert json.loads((elsewhere / "report.json").read_text())["num_images"] == 2

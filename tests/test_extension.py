@@ -75,3 +75,28 @@ def test_a_trainable_module_left_out_of_every_optimizer_is_named(tmp_path, liste
     else:
         with pytest.raises(ValueError, match=r"colour_head\.weight, colour_head\.bias.*optimizer_groups\(\)"):
             model.configure_optimizers()
+
+
+class _NarrowGenerator(torch.nn.Module):
+    """A user's generator whose width argument is not called ngf."""
+
+    def __init__(self, input_nc: int, output_nc: int, width: int = 8) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(input_nc, output_nc, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x))
+
+
+def test_a_new_generator_without_the_experiments_width_key_is_told_which_key(tmp_path):
+    """The default experiment=demo sets generator.ngf=32: a new generator without ngf got only Python's
+    "unexpected keyword argument 'ngf'" from inside the model's constructor."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(TINY_OVERRIDES, tmp_path)
+    cfg.generator = OmegaConf.create({"_target_": f"{__name__}._NarrowGenerator", "_partial_": True, "ngf": 32})
+    with pytest.raises(TypeError, match=r"generator\.ngf=32: .*_NarrowGenerator takes no argument 'ngf'\. Drop it "
+                                        r"with '~generator\.ngf'.*'~experiment'"):
+        build_model(cfg)
+    del cfg.generator.ngf
+    assert isinstance(build_model(cfg).generator, _NarrowGenerator)

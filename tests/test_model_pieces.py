@@ -264,3 +264,26 @@ def test_logging_only_the_logged_batches_keeps_every_logged_value(tmp_path, meth
     others = [i for i in range(2, len(kernels[True])) if i not in logged]
     assert all(kernels[False][i] == kernels[True][i] for i in logged), kernels
     assert all(kernels[False][i] <= kernels[True][i] - 5 for i in others), kernels
+
+
+def test_linear_decay_follows_the_papers_rule():
+    """100 constant + 100 decaying epochs as the reference (1 - max(0, e + 1 - 100) / 101); with the default
+    constant_epochs (half, rounded up) a 1-epoch run trains at the full rate (it trained at half)."""
+    from gan_translate.schedulers import LinearDecayLR
+
+    def rates(total: int, constant: int | None = None) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = LinearDecayLR(optimizer, total, constant)
+        seen = []
+        for _ in range(total):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    paper = rates(200, 100)
+    assert paper[:100] == [1.0] * 100 and paper[100] == pytest.approx(100 / 101)
+    assert paper[-1] == pytest.approx(1 / 101)
+    assert rates(200) == paper
+    assert rates(1) == [1.0]
+    assert rates(3) == pytest.approx([1.0, 1.0, 0.5])
