@@ -17,10 +17,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gan_translate.errors import UsageError
 from gan_translate.models.base import CHECKPOINT_KEY, GANModule
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError, ValueError):
     """A file that is not a usable gan_translate checkpoint; the message says why."""
 
 

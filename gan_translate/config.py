@@ -20,6 +20,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
+from gan_translate.errors import UsageError
+
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -29,6 +31,10 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = str(_conf_dir())
+
+
+class ConfigError(UsageError, ValueError):
+    """Config values that cannot work, named by their keys, found before anything is built."""
 
 
 # Annotations a config value is checked against; anything richer (a callable, a union with one) is left to the
@@ -159,7 +165,7 @@ def check_value_types(cfg: DictConfig) -> None:
 
     walk(cfg, "")
     if errors:
-        raise ValueError("invalid config values: " + "; ".join(errors))
+        raise ConfigError("invalid config values: " + "; ".join(errors))
 
 
 def check_interpolations(cfg: DictConfig) -> None:
@@ -191,7 +197,7 @@ def check_interpolations(cfg: DictConfig) -> None:
     fix = (f"pass an experiment that sets data, networks and loss for {model.rsplit('.', 1)[-1]} together: "
            + " or ".join(f"experiment={name}" for name in experiments)) if experiments else (
         "pick config groups that go together (the data config must have the keys named)")
-    raise ValueError(f"config groups that do not go together: {'; '.join(problems)}. Fix: {fix}")
+    raise ConfigError(f"config groups that do not go together: {'; '.join(problems)}. Fix: {fix}")
 
 
 def experiments_for(model_target: str) -> list[str]:

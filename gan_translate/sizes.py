@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from gan_translate.data.transforms import CROPPING_MODES, MAKE_DIVISIBLE
+from gan_translate.errors import UsageError
 
 
-class SizeError(ValueError):
+class SizeError(UsageError, ValueError):
     """Training images that a network cannot take; the message names the keys and valid values."""
 
 

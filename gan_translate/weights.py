@@ -45,10 +45,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gan_translate.errors import UsageError
+
 CACHE_ENV = "GAN_TRANSLATE_CACHE"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UsageError, FileNotFoundError):
     """Pretrained weights are not available locally (the message names the command that fetches them)."""
 
 

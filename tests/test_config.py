@@ -217,9 +217,10 @@ def test_values_of_the_wrong_type_fail_before_training_naming_the_keys(tmp_path)
                     "loss.lambda_l1 must be a number, got '1e2x'", "trainer.max_epochs must be an integer or null"):
         assert message in result.stderr
     assert "model.loss.lambda_l1" not in result.stderr  # the interpolated copy of loss is not reported twice
+    assert "Traceback" not in result.stderr  # a user's error is printed as its message alone (UsageError)
     assert not (tmp_path / "run" / "checkpoints").exists()
     # The run folder Hydra made says why the run stopped.
-    assert "run failed: ValueError: " in (tmp_path / "run" / "train.log").read_text()
+    assert "run failed: ConfigError: invalid config values" in (tmp_path / "run" / "train.log").read_text()
 
     cfg = compose_train(["model.nonfinite=3", "trainer.log_every_n_steps=true"], tmp_path / "run2")
     with pytest.raises(ValueError, match=r"model.nonfinite must be a string, got 3 \(quote it: model.nonfinite='3'\);"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageOps
 
+from gan_translate.errors import UsageError
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 GRAYSCALE_MODES = ("1", "L", "LA", "La", "F", *SIXTEEN_BIT_MODES)
 # Orientations 5-8 turn the picture by 90 degrees: its width and height swap.
@@ -33,7 +35,7 @@ _QUARTER_TURNS = (5, 6, 7, 8)
 _READ_ERRORS = (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError)
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """Bad data on disk: names the file or folder and what was expected."""
 
 
