@@ -132,6 +132,10 @@ def export_generator(
         "normalization": "batch_statistics" if batch_stats else "running_statistics",
         "source_checkpoint": Path(ckpt_path).name,
     }
+    if translator.instance_channels:
+        # The trace takes the label map alone, so the generator's boundary input comes from the class ids: the
+        # objects of one class that touch merge (predict and evaluate take instance maps; the export does not).
+        metadata["instance_boundaries"] = "from the class ids (no instance-map input)"
     output = Path(output) if output else default_output(ckpt_path, format, direction)
     output.parent.mkdir(parents=True, exist_ok=True)
     if format == "onnx":

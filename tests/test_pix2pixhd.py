@@ -418,7 +418,9 @@ def test_label_map_model_exports_to_onnx_and_torchscript(stage1, tmp_path):
         expected = translator(x)
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected.numpy(), atol=1e-4)
         torch.testing.assert_close(scripted(x).clamp(-1, 1), expected, atol=1e-5, rtol=1e-5)
-    smallest = json.loads({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["min_size"])
+    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_path)).metadata_props}
+    assert metadata["instance_boundaries"] == "from the class ids (no instance-map input)"  # trained with instances
+    smallest = metadata["min_size"]
     assert smallest == 8  # G1 with 2 halvings: a 2 x 2 bottleneck
     x = encode_label_ids(torch.randint(0, 6, (1, 1, smallest, smallest)))
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], translator(x).numpy(), atol=1e-4)
