@@ -51,6 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gan_translate.checkpoint import build_model
 from gan_translate.config import CONF_DIR
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.image_pool import ImagePool
 from gan_translate.networks.pix2pixhd import encode_label_ids
@@ -836,7 +837,8 @@ def where_time_goes(report: dict) -> str:
 @hydra.main(config_path=CONF_DIR, config_name="benchmark", version_base="1.3")
 def main(bench: DictConfig) -> None:
     silence_known_warnings()
-    report = run(bench)
+    with usage_errors_as_messages():
+        report = run(bench)
     device_kind = "cuda" if report["environment"]["device"].startswith("cuda") else "cpu"
     output = Path(bench.output or f"benchmarks/results/{device_kind}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -123,13 +123,6 @@ def _annotations(target: object) -> dict[str, object]:
     return hints
 
 
-# Annotations for constructor parameters that the config check holds to a range, naming the key
-# (``generator.ngf=0`` was a conv error in the first step, ``loss.lambda_l1=-1`` trained towards the wrong target).
-PositiveInt = typing.Annotated[int, annotated_types.Ge(1)]  # channels, features, batch sizes, counts that must not be 0
-NonNegativeInt = typing.Annotated[int, annotated_types.Ge(0)]  # blocks, layers, workers, pool sizes
-NonNegativeFloat = typing.Annotated[float, annotated_types.Ge(0)]  # loss weights (0 turns a term off)
-
-
 # Top-level keys of the entry-point configs (no _target_ to read an annotation from).
 _TOP_LEVEL = {"seed": Check((int, type(None)))}
 

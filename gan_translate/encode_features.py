@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from gan_translate.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from gan_translate.config import CONF_DIR
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.models.pix2pixhd import Pix2PixHD
 from gan_translate.networks.pix2pixhd import region_classes, region_index
@@ -116,7 +117,8 @@ def encode_features(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="encode_features", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    encode_features(cfg)
+    with usage_errors_as_messages():
+        encode_features(cfg)
 
 
 if __name__ == "__main__":

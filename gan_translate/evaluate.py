@@ -32,6 +32,7 @@ from gan_translate.callbacks import sample_grid
 from gan_translate.checkpoint import model_from_checkpoint
 from gan_translate.config import CONF_DIR
 from gan_translate.data.datamodule import collate_one_size
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics import build_metrics, evaluate_folders
 from gan_translate.metrics.folders import check_enough_images
@@ -221,7 +222,8 @@ def default_output(cfg: DictConfig) -> Path:
         # models/NAME/last.ckpt must not share models/eval/last_test.json).
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run / "eval" / f"{ckpt.stem}_{cfg.split}{'_' + cfg.direction if cfg.direction else ''}.json"
-    return Path(cfg.pred_dir).parent / f"{Path(cfg.pred_dir).name}_eval.json"
+    # In the working folder: beside pred_dir could be inside a dataset (pred_dir=horse2zebra/testA).
+    return Path(f"{Path(cfg.pred_dir).name}_vs_{Path(cfg.target_dir).name}_eval.json")
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -250,7 +252,8 @@ def evaluate(cfg: DictConfig) -> dict:
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     silence_known_warnings()
-    evaluate(cfg)
+    with usage_errors_as_messages():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from torch import nn
 
 from gan_translate.checkpoint import load_checkpoint, model_from_checkpoint
 from gan_translate.config import CONF_DIR
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.models.base import CHECKPOINT_KEY
 from gan_translate.networks.pix2pixhd import encode_label_ids
@@ -244,15 +245,16 @@ def export_torchscript(generator: nn.Module, example: torch.Tensor, output: Path
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> Path:
     silence_known_warnings()
-    return export_generator(
-        cfg.ckpt_path,
-        format=cfg.format,
-        output=cfg.output,
-        direction=cfg.direction,
-        batch_stats=cfg.batch_stats,
-        example_size=cfg.example_size,
-        opset=cfg.opset,
-    )
+    with usage_errors_as_messages():
+        return export_generator(
+            cfg.ckpt_path,
+            format=cfg.format,
+            output=cfg.output,
+            direction=cfg.direction,
+            batch_stats=cfg.batch_stats,
+            example_size=cfg.example_size,
+            opset=cfg.opset,
+        )
 
 
 if __name__ == "__main__":

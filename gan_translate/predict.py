@@ -22,6 +22,7 @@ from PIL import Image
 from gan_translate.config import CONF_DIR
 from gan_translate.data.datasets import IMAGE_EXTENSIONS, list_images, read_image
 from gan_translate.data.labels import files_by_stem, read_instance_map, read_map
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.translator import Translator
 
@@ -133,7 +134,8 @@ def predict(cfg: DictConfig) -> list[Path]:
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     silence_known_warnings()
-    predict(cfg)
+    with usage_errors_as_messages():
+        predict(cfg)
 
 
 if __name__ == "__main__":

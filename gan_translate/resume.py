@@ -368,10 +368,10 @@ def resume_checkpoint(ckpt_path: str | None, resume: str | None, output_dir: str
 
     ``ckpt_path=FILE`` resumes from that file into a new run folder; ``resume=RUN_DIR`` continues the
     run in its own folder (``hydra.run.dir`` is set to RUN_DIR by conf/train.yaml) from
-    ``RUN_DIR/checkpoints/last.ckpt`` (or ``on_exception.ckpt`` when a failure saved a newer state), or starts it
-    if neither exists yet, so the same command can be re-submitted after every preemption. A new run in
-    ``output_dir`` that already holds a run's checkpoints (a ``hydra.run.dir`` given twice) is refused: it would
-    overwrite them.
+    ``RUN_DIR/checkpoints/last.ckpt`` (or ``on_exception.ckpt`` when a failure saved a later state: more optimizer
+    steps), or starts it if neither exists yet, so the same command can be re-submitted after every preemption.
+    A new run in ``output_dir`` that already holds a run's checkpoints (a ``hydra.run.dir`` given twice) is
+    refused: it would overwrite them.
     """
     if ckpt_path and resume:
         raise ValueError("give either ckpt_path=FILE (resume into a new run folder) or resume=RUN_DIR, not both")

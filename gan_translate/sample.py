@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gan_translate.config import CONF_DIR
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.sampler import Sampler
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def sample(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    sample(cfg)
+    with usage_errors_as_messages():
+        sample(cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pytorch_lightning.loggers import WandbLogger
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint
 from gan_translate.config import CONF_DIR, check_interpolations, check_value_types
+from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics.translation import selection_metric
 from gan_translate.models.base import CHECKPOINT_KEY, GANModule
@@ -178,12 +179,13 @@ def failure_summary(error: BaseException) -> str:
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     silence_known_warnings()
-    try:
-        return train(cfg)
-    except Exception as error:
-        # Hydra made the run folder before the job started: its train.log says why the run stopped there.
-        log.error("run failed: %s: %s", type(error).__name__, failure_summary(error))
-        raise
+    with usage_errors_as_messages():
+        try:
+            return train(cfg)
+        except Exception as error:
+            # Hydra made the run folder before the job started: its train.log says why the run stopped there.
+            log.error("run failed: %s: %s", type(error).__name__, failure_summary(error))
+            raise
 
 
 if __name__ == "__main__":

@@ -222,6 +222,13 @@ def test_evaluate_folders_cli(tmp_path):
     report = json.loads(output.read_text())
     assert report["num_images"] == 3
     assert report["metrics"]["l1"] < 0.01 and report["metrics"]["ssim"] > 0.95
+    # Without output=, the report goes to the working folder, not beside pred_dir (which may be inside a dataset).
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "gan_translate.evaluate", f"pred_dir={pred}", f"target_dir={target}"],
+                   check=True, cwd=elsewhere, capture_output=True)
+    assert json.loads((elsewhere / "pred_vs_target_eval.json").read_text())["num_images"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "pred", "target", "work"]
 
 
 def test_evaluate_unpaired_folders_compares_distributions(tmp_path, monkeypatch):

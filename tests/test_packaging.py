@@ -88,3 +88,14 @@ def test_installed_wheel_trains_from_another_folder_with_a_user_config_dir(wheel
         shown = subprocess.run([python, "-m", f"gan_translate.{command}", "--cfg", "job"], cwd=work, env=env,
                                capture_output=True, text=True, timeout=300)
         assert shown.returncode == 0, f"{command}: {shown.stderr[-2000:]}"
+
+
+def test_networks_losses_models_and_data_import_without_hydra():
+    """The README's layering: only the entry points (and config/checkpoint) touch Hydra. The range annotations
+    (gan_translate.ranges) and the user-error base (gan_translate.errors) that these layers use keep it so."""
+    code = ("import sys\n"
+            "import gan_translate.networks, gan_translate.losses, gan_translate.models, gan_translate.data\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "[]"

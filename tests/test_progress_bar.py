@@ -27,7 +27,7 @@ def test_progress_bar_reads_the_losses_every_n_batches(tmp_path, monkeypatch):
     of each epoch only; the bar keeps showing the last read values in between."""
     monkeypatch.setattr("_tiny_run.TINY", [o for o in TINY if o != "~callbacks.progress_bar"])
     cfg = compose_train(tmp_path, ["logger=none", "~callbacks.lr_monitor", "data.batch_size=1",
-                                   "+callbacks.progress_bar.metrics_every_n_batches=3", "trainer.max_epochs=1"])
+                                   "callbacks.progress_bar.metrics_every_n_batches=3", "trainer.max_epochs=1"])
     choose_monitor(cfg)
     callbacks = instantiate_all(cfg.callbacks)
     bar = next(c for c in callbacks if isinstance(c, LossProgressBar))

@@ -16,7 +16,6 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import tv_tensors
 
-from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.data.datasets import (
     AlignedDataset,
     DataError,
@@ -30,6 +29,7 @@ from gan_translate.data.device_cache import DeviceCache
 from gan_translate.data.resumable import resumable_loader
 from gan_translate.data.synthetic import SyntheticFacades, SyntheticShapes
 from gan_translate.data.transforms import CROPPING_MODES, build_transform
+from gan_translate.ranges import NonNegativeInt, PositiveInt
 
 
 class TranslationDataModule(pl.LightningDataModule):

@@ -30,11 +30,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from gan_translate.config import PositiveInt
 from gan_translate.data.datamodule import TranslationDataModule, _require_root
 from gan_translate.data.datasets import DataError, list_images, read_image
 from gan_translate.data.synthetic import LABELS, _generator, render_facade
 from gan_translate.networks.pix2pixhd import MAX_LABEL_NC, encode_label_ids
+from gan_translate.ranges import PositiveInt
 
 SINGLE_CHANNEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 

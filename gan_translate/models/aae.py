@@ -26,10 +26,10 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import GANLoss
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns, square_columns
+from gan_translate.ranges import NonNegativeFloat
 
 PRIORS = ("gaussian", "mixture10")
 RECONSTRUCTIONS = ("mse", "l1")

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.config import NonNegativeFloat, NonNegativeInt
 from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import GANModule, build_network, expect_loss, expect_score_map
 from gan_translate.models.image_pool import ImagePool
+from gan_translate.ranges import NonNegativeFloat, NonNegativeInt
 
 
 class CycleGANLoss(nn.Module):

@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gan_translate.config import NonNegativeFloat, PositiveInt
 from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, grid_columns, square_columns
+from gan_translate.ranges import NonNegativeFloat, PositiveInt
 
 
 class DCGANLoss(nn.Module):

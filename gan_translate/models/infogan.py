@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns
 from gan_translate.networks.dcgan import LatentCodeHead
 from gan_translate.networks.layers import one_hot
+from gan_translate.ranges import NonNegativeFloat
 
 CONTINUOUS_LOSSES = ("gaussian", "mse")
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import GANLoss, gradient_penalty
 from gan_translate.models.base import GANModule, build_network, expect_loss, expect_score_map
+from gan_translate.ranges import NonNegativeFloat
 
 
 class Pix2PixLoss(nn.Module):

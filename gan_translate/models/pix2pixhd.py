@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.config import NonNegativeFloat
 from gan_translate.losses import (
     FeatureMatchingLoss,
     GANLoss,
@@ -32,6 +31,7 @@ from gan_translate.losses import (
 )
 from gan_translate.models.base import GANModule, build_network, expect_loss
 from gan_translate.networks.pix2pixhd import FeatureEncoder, Pix2PixHDGenerator, label_ids
+from gan_translate.ranges import NonNegativeFloat
 
 log = logging.getLogger(__name__)
 

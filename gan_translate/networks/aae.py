@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.dcgan import downsampling_trunk
 from gan_translate.networks.layers import init_weights
+from gan_translate.ranges import NonNegativeInt, PositiveInt
 
 
 class ConvEncoder(nn.Module):

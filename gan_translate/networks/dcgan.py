@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_translate.config import PositiveInt
 from gan_translate.networks.layers import init_weights, norm_layer, one_hot, uses_bias
+from gan_translate.ranges import PositiveInt
 
 CONDITIONINGS = ("auto", "none", "concat", "projection")
 

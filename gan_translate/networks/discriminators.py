@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.layers import init_weights, norm_layer, uses_bias
+from gan_translate.ranges import NonNegativeInt, PositiveInt
 
 
 class NLayerDiscriminator(nn.Module):

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.layers import init_weights, norm_layer, uses_bias
+from gan_translate.ranges import NonNegativeInt, PositiveInt
 
 
 class UnetSkipConnectionBlock(nn.Module):

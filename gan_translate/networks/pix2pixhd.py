@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_translate.config import NonNegativeInt, PositiveInt
 from gan_translate.networks.discriminators import NLayerDiscriminator
 from gan_translate.networks.generators import ResnetBlock
 from gan_translate.networks.layers import init_weights, norm_layer, one_hot, uses_bias
+from gan_translate.ranges import NonNegativeInt, PositiveInt
 
 # Label maps travel as 8-bit grey images scaled to [-1, 1] (as every other input image): id = (x + 1) * 127.5.
 MAX_LABEL_NC = 256
