@@ -30,6 +30,10 @@ if str(REPO_ROOT) not in sys.path:
 # Hermetic runs: weights cached on this machine must not switch FID/LPIPS on ("auto") or change which
 # checkpoint is selected. Tests that need weights pass them explicitly. Set before anything reads them, so
 # subprocesses inherit it too.
+# The user's real weights, read before that, for the opt-in slow tests of the real networks (else they could only
+# ever skip): the environment's files and cache folder, or ~/.cache/gan_translate.
+REAL_WEIGHTS = {name: os.environ.get(f"GAN_TRANSLATE_{name.upper()}_WEIGHTS") for name in ("fid", "lpips")}
+REAL_WEIGHTS_CACHE = Path(os.path.expanduser(os.environ.get("GAN_TRANSLATE_CACHE") or "~/.cache/gan_translate"))
 _EMPTY_CACHE = tempfile.mkdtemp(prefix="gan_translate_test_cache_")
 os.environ["GAN_TRANSLATE_CACHE"] = _EMPTY_CACHE
 os.environ["TORCH_HOME"] = _EMPTY_CACHE

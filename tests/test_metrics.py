@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_WEIGHTS, REAL_WEIGHTS_CACHE
 from PIL import Image
 from torch import nn
 
@@ -25,7 +26,7 @@ from gan_translate.metrics import (
     evaluate_folders,
 )
 from gan_translate.metrics.translation import selection_metric
-from gan_translate.weights import cache_dir, find_weights
+from gan_translate.weights import find_weights
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -650,7 +651,7 @@ def test_ddp_sync_matches_single_process():
 
 @pytest.mark.slow
 def test_real_fid_inception_weights():
-    path = os.environ.get(FID_WEIGHTS_ENV) or find_weights("fid")
+    path = REAL_WEIGHTS["fid"] or find_weights("fid", REAL_WEIGHTS_CACHE)
     if not path or not Path(path).is_file():
         pytest.skip(f"no FID weights: `python -m gan_translate.weights fetch fid` (or set {FID_WEIGHTS_ENV})")
     ext = InceptionFeatureExtractor(path)
@@ -672,7 +673,7 @@ def test_real_fid_inception_weights():
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_real_lpips_backbone_weights(net):
     fname = {"alex": "alexnet_features.pth", "vgg": "vgg16_features.pth"}[net]
-    folder = os.environ.get(LPIPS_WEIGHTS_ENV) or cache_dir()
+    folder = REAL_WEIGHTS["lpips"] or REAL_WEIGHTS_CACHE
     if not (Path(folder) / fname).is_file():
         pytest.skip(f"no {fname}: `python -m gan_translate.weights fetch lpips` (or set {LPIPS_WEIGHTS_ENV})")
     m = TranslationMetrics(l1=False, psnr=False, ssim=False, lpips=True, lpips_net=net, lpips_weights=folder)
