@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gan_translate.config import ConfigError
 from gan_translate.errors import UsageError
 from gan_translate.models.base import CHECKPOINT_KEY, GANModule
 
@@ -34,7 +35,7 @@ def build_model(cfg: DictConfig | dict) -> GANModule:
         problem = _unexpected_argument(cfg, str(error))
         if problem is None:
             raise
-        raise TypeError(problem) from error
+        raise ConfigError(problem) from error
     if not isinstance(model, GANModule):
         raise TypeError(f"model._target_ must build a gan_translate GANModule, got {type(model).__name__}")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)

@@ -18,7 +18,7 @@ import annotated_types
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationKeyError
+from omegaconf.errors import InterpolationKeyError, InterpolationToMissingValueError
 
 from gan_translate.errors import UsageError
 
@@ -161,36 +161,45 @@ def check_value_types(cfg: DictConfig) -> None:
         raise ConfigError("invalid config values: " + "; ".join(errors))
 
 
-def check_interpolations(cfg: DictConfig) -> None:
-    """Refuse, naming the keys, a composition whose interpolations point at keys it lacks: ``model=dcgan`` alone
-    keeps the default ``data=synthetic_facades``, which has no ``image_size`` for ``model.image_size``. Without
-    this, omegaconf's bare "Interpolation key 'data.image_size' not found" came from deep inside instantiate."""
-    problems = []
+def check_composition(cfg: DictConfig) -> None:
+    """Refuse, naming the keys, a composition that lacks values it needs: a required value left at ``???``
+    (``data=aligned`` without ``data.root``: omegaconf's MissingMandatoryValue came from inside instantiate, with a
+    traceback), or an interpolation whose target is not there (``model=dcgan`` alone keeps the default
+    ``data=synthetic_facades``, which has no ``image_size`` for ``model.image_size``: omegaconf's bare
+    "Interpolation key 'data.image_size' not found")."""
+    required, dangling = [], []
 
     def walk(node: DictConfig | ListConfig, path: str) -> None:
         written = OmegaConf.to_container(node, resolve=False)
         for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
             where = f"{path}{key}" if isinstance(node, DictConfig) else f"{path[:-1]}[{key}]"
             if OmegaConf.is_missing(node, key):
+                required.append(where)
                 continue
             try:
                 value = node[key]
+            except InterpolationToMissingValueError:  # its target is reported as required
+                continue
             except InterpolationKeyError:
                 targets = re.findall(r"\$\{([^}:]+)\}", str(written[key]))
-                problems.append(f"{where} refers to {' and '.join(targets) or written[key]}, which is not set")
+                dangling.append(f"{where} refers to {' and '.join(targets) or written[key]}, which is not set")
                 continue
             if OmegaConf.is_config(value) and not OmegaConf.is_interpolation(node, key):
                 walk(value, where + ".")
 
     walk(cfg, "")
-    if not problems:
-        return
-    model = (cfg.get("model") or {}).get("_target_") if isinstance(cfg.get("model"), DictConfig) else None
-    experiments = experiments_for(model) if model else []
-    fix = (f"pass an experiment that sets data, networks and loss for {model.rsplit('.', 1)[-1]} together: "
-           + " or ".join(f"experiment={name}" for name in experiments)) if experiments else (
-        "pick config groups that go together (the data config must have the keys named)")
-    raise ConfigError(f"config groups that do not go together: {'; '.join(problems)}. Fix: {fix}")
+    problems = []
+    if required:
+        problems.append(f"required values not given: {', '.join(required)} (pass {required[0]}=...)")
+    if dangling:
+        model = (cfg.get("model") or {}).get("_target_") if isinstance(cfg.get("model"), DictConfig) else None
+        experiments = experiments_for(model) if model else []
+        fix = (f"pass an experiment that sets data, networks and loss for {model.rsplit('.', 1)[-1]} together: "
+               + " or ".join(f"experiment={name}" for name in experiments)) if experiments else (
+            "pick config groups that go together (the data config must have the keys named)")
+        problems.append(f"config groups that do not go together: {'; '.join(dangling)}. Fix: {fix}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def experiments_for(model_target: str) -> list[str]:

@@ -19,10 +19,15 @@ class UsageError(Exception):
 @contextmanager
 def usage_errors_as_messages() -> Iterator[None]:
     """Around an entry point's task: a ``UsageError`` leaves as Hydra's ``CompactHydraException``, which Hydra
-    prints as its message, without a traceback (``HYDRA_FULL_ERROR=1`` still shows it)."""
+    prints as its message, without a traceback (``HYDRA_FULL_ERROR=1`` still shows it). So does a required value
+    left out (``ckpt_path: ???``), which omegaconf reports where it is first read."""
     from hydra.errors import CompactHydraException
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
         yield
     except UsageError as error:
         raise CompactHydraException(f"{type(error).__name__}: {error}") from error
+    except MissingMandatoryValue as error:
+        # from None: Hydra would print omegaconf's own message (the cause) after this one.
+        raise CompactHydraException(f"required value not given: {error.full_key} (pass {error.full_key}=...)") from None

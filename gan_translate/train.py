@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
 from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint
-from gan_translate.config import CONF_DIR, check_interpolations, check_value_types
+from gan_translate.config import CONF_DIR, check_composition, check_value_types
 from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
 from gan_translate.metrics.translation import selection_metric
@@ -127,7 +127,7 @@ def _auto_monitor(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> float | None:
     """Fit as configured; ``extra_callbacks`` are added to the configured ones (for programmatic use)."""
-    check_interpolations(cfg)  # model=dcgan alone: the default data has no data.image_size
+    check_composition(cfg)  # data.root=??? left out; model=dcgan alone (the default data has no image_size)
     check_value_types(cfg)  # model.step_graph=flase would otherwise be a true string
     absolute_data_root(cfg)
     if cfg.get("seed") is not None:

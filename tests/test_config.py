@@ -19,11 +19,10 @@ from conftest import (
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
 
 from gan_translate.checkpoint import build_model
-from gan_translate.config import check_value_types
+from gan_translate.config import ConfigError, check_value_types
 from gan_translate.data import AlignedDataModule, UnalignedDataModule
 from gan_translate.models import CycleGAN, GANModule, Pix2Pix
 from gan_translate.networks import NLayerDiscriminator, ResnetGenerator, UnetGenerator
@@ -185,9 +184,14 @@ def test_experiment_switches_defaults_but_command_line_wins(tmp_path):
 
 
 def test_aligned_without_root_names_the_key(tmp_path):
+    """Before anything is built, and printed without a traceback (omegaconf's MissingMandatoryValue came from
+    inside instantiate)."""
     cfg = compose_train(["data=aligned", *TINY_OVERRIDES[:2]], tmp_path)
-    with pytest.raises(MissingMandatoryValue, match=r"data\.root"):
+    with pytest.raises(ConfigError, match=r"required values not given: data\.root \(pass data\.root=\.\.\.\)"):
         train(cfg)
+    result = run_module("gan_translate.train", "data=aligned", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                        check=False)
+    assert result.returncode != 0 and "data.root" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_group_option_in_compose(tmp_path):

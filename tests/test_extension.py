@@ -10,6 +10,7 @@ from conftest import BATCHES, TINY_OVERRIDES, compose_train, logged, read_metric
 
 from examples.pix2pix_tv import Pix2PixTV, total_variation
 from gan_translate.checkpoint import build_model, model_from_checkpoint
+from gan_translate.config import ConfigError
 from gan_translate.train import train
 from gan_translate.translator import Translator
 
@@ -95,7 +96,7 @@ def test_a_new_generator_without_the_experiments_width_key_is_told_which_key(tmp
 
     cfg = compose_train(TINY_OVERRIDES, tmp_path)
     cfg.generator = OmegaConf.create({"_target_": f"{__name__}._NarrowGenerator", "_partial_": True, "ngf": 32})
-    with pytest.raises(TypeError, match=r"generator\.ngf=32: .*_NarrowGenerator takes no argument 'ngf'\. Drop it "
+    with pytest.raises(ConfigError, match=r"generator\.ngf=32: .*_NarrowGenerator takes no argument 'ngf'\. Drop it "
                                         r"with '~generator\.ngf'.*'~experiment'"):
         build_model(cfg)
     del cfg.generator.ngf

@@ -225,3 +225,12 @@ def test_batch_stats_leave_running_stats_untouched(trained):
     output = translator(images)
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
     assert not torch.allclose(output, Translator.from_checkpoint(path, device="cpu")(images))
+
+
+@pytest.mark.parametrize("module", ["predict", "export", "sample", "encode_features"])
+def test_entry_points_name_a_required_value_left_out_without_a_traceback(module, tmp_path):
+    """`python -m gan_translate.predict` alone printed omegaconf's MissingMandatoryValue with a traceback."""
+    result = run_module(f"gan_translate.{module}", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "required value not given: ckpt_path (pass ckpt_path=...)" in result.stderr
+    assert "Traceback" not in result.stderr and "Missing mandatory value" not in result.stderr
