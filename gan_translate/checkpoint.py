@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gan_translate.config import ConfigError
+from gan_translate.config import ConfigError, experiments_setting
 from gan_translate.errors import UsageError
 from gan_translate.models.base import CHECKPOINT_KEY, GANModule
 
@@ -51,12 +51,22 @@ def _unexpected_argument(cfg: DictConfig, message: str) -> str | None:
         return None
     owner, argument = found.groups()
     for group, node in cfg.items():
-        if (isinstance(node, DictConfig) and str(node.get("_target_", "")).rsplit(".", 1)[-1] == owner
-                and argument in node):
-            return (f"{group}.{argument}={node[argument]}: {node._target_} takes no argument {argument!r}. Drop it "
-                    f"with '~{group}.{argument}', or leave out the experiment that sets it (the default "
-                    "experiment=demo sets generator.ngf and discriminator.ndf; '~experiment' runs without it)")
+        if not (isinstance(node, DictConfig) and argument in node and _builds(node.get("_target_"), owner)):
+            continue
+        key = f"{group}.{argument}"
+        setters = experiments_setting(key)
+        shown = ", ".join(setters[:3]) + (f" and {len(setters) - 3} more" if len(setters) > 3 else "")
+        where = f"; the experiments {shown} set it ('~experiment' runs without one)" if setters else ""
+        return f"{key}={node[argument]}: {node._target_} takes no argument {argument!r}: drop it with '~{key}'{where}"
     return None
+
+
+def _builds(target: object, class_name: str) -> bool:
+    """Whether ``target`` is ``class_name`` or a subclass of it (the error names the class whose __init__ took it)."""
+    try:
+        return class_name in {base.__name__ for base in get_class(str(target)).__mro__}
+    except Exception:  # noqa: BLE001 - not an importable class: not the one
+        return False
 
 
 def load_checkpoint(path: str | Path) -> dict:

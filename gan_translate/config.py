@@ -1,4 +1,5 @@
-"""Where the Hydra configs live, for every entry point.
+"""Where the Hydra configs live, for every entry point, and the checks of a composed config before anything
+is built (``check_composition``, ``check_value_types``): each names the keys to change.
 
 The configs are the top-level ``conf/`` folder of the source tree. A wheel (``pip install .``) ships that
 folder inside the package as ``gan_translate/conf`` (``package-dir`` mapping in pyproject.toml), so an
@@ -8,10 +9,11 @@ Users add their own config folders with ``hydra.searchpath`` or ``--config-dir``
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 import re
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 
 import annotated_types
@@ -38,13 +40,16 @@ class ConfigError(UsageError, ValueError):
 
 
 # Annotations a config value is checked against; anything richer (a callable, a union with one) is left to the
-# target itself. A tensor (torch.optim's ``lr: float | Tensor``) cannot come from a config: such a union is
-# checked as its plain members.
+# target itself. A plain value cannot be a tensor (one comes from a nested _target_, which is not checked here), so
+# torch.optim's ``lr: float | Tensor`` is checked as a float; ``Tensor | None`` is not checked.
 _PLAIN_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _NOT_FROM_CONFIG = (torch.Tensor,)
+_BOUND_SIGNS = {annotated_types.Ge: ">=", annotated_types.Gt: ">", annotated_types.Le: "<=", annotated_types.Lt: "<"}
+_BOUNDS = tuple(_BOUND_SIGNS)
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Check:
     """What an annotation asks of a config value: its plain types (None: not checked), bounds
     (``Annotated[int, Ge(1)]``) and, for a fixed-length tuple (Adam's ``betas``), one Check per item."""
@@ -59,7 +64,9 @@ def _check_of(annotation: object) -> Check | None:
     bounds: tuple = ()
     if typing.get_origin(annotation) is typing.Annotated:
         annotation, *metadata = typing.get_args(annotation)
-        bounds = tuple(m for m in metadata if isinstance(m, (annotated_types.Ge, annotated_types.Gt)))
+        # Interval(ge=0, le=1) is grouped metadata: it iterates as its Ge and Le.
+        flat = [b for m in metadata for b in (m if isinstance(m, annotated_types.GroupedMetadata) else [m])]
+        bounds = tuple(b for b in flat if isinstance(b, _BOUNDS))
     if typing.get_origin(annotation) is tuple:
         items = typing.get_args(annotation)
         if not items or Ellipsis in items:
@@ -74,7 +81,7 @@ def _check_of(annotation: object) -> Check | None:
     bounds += tuple(b for c in checks if c for b in c.bounds)
     plain = tuple(c.types[0] if c else m for c, m in zip(checks, members, strict=True)
                   if not (isinstance(m, type) and issubclass(m, _NOT_FROM_CONFIG)))
-    if not plain or any(m is not type(None) and m not in _PLAIN_TYPES for m in plain):
+    if all(m is type(None) for m in plain) or any(m is not type(None) and m not in _PLAIN_TYPES for m in plain):
         return None
     return Check(plain, bounds)
 
@@ -101,10 +108,9 @@ def _problem(value: object, check: Check, where: str) -> str | None:
         quote = f" (quote it: {where}='{value}')" if str in check.types and value is not None else ""
         return f"{where} must be {wanted}, got {value!r}{quote}"
     for bound in check.bounds if isinstance(value, (int, float)) and not isinstance(value, bool) else ():
-        if isinstance(bound, annotated_types.Ge) and not value >= bound.ge:
-            return f"{where} must be >= {bound.ge}, got {value!r}"
-        if isinstance(bound, annotated_types.Gt) and not value > bound.gt:
-            return f"{where} must be > {bound.gt}, got {value!r}"
+        sign, limit = _BOUND_SIGNS[type(bound)], next(iter(dataclasses.astuple(bound)))
+        if not _COMPARE[sign](value, limit):
+            return f"{where} must be {sign} {limit}, got {value!r}"
     return None
 
 
@@ -123,8 +129,14 @@ def _annotations(target: object) -> dict[str, object]:
     return hints
 
 
-# Top-level keys of the entry-point configs (no _target_ to read an annotation from).
-_TOP_LEVEL = {"seed": Check((int, type(None)))}
+def _seed_problem(value: object) -> str | None:
+    """The top-level ``seed`` (no _target_ to read an annotation from): what pl.seed_everything takes, an integer
+    or its digits (``seed: ${oc.env:SEED}``), or null."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return None
+    return f"seed must be an integer or null, got {value!r}"
 
 
 def check_value_types(cfg: DictConfig) -> None:
@@ -149,14 +161,18 @@ def check_value_types(cfg: DictConfig) -> None:
                 pass
         for key, value in items.items():
             where = f"{path}{key}" if isinstance(node, DictConfig) else f"{path[:-1]}[{key}]"
-            if OmegaConf.is_config(value) and not (key in hints and _check_of(hints[key]) is not None):
+            # A nested node is built by its own _target_ (a tensor for lr, say): checked against that one's
+            # annotations. A plain list is checked as a whole (Adam's betas) when its annotation says how.
+            if OmegaConf.is_config(value) and ("_target_" in value or not (key in hints and _check_of(hints[key]))):
                 walk(value, where + ".")
                 continue
-            check = _check_of(hints[key]) if key in hints and not str(key).startswith("_") else _TOP_LEVEL.get(where)
+            check = _check_of(hints[key]) if key in hints and not str(key).startswith("_") else None
             if check and (problem := _problem(value, check, where)):
                 errors.append(problem)
 
     walk(cfg, "")
+    if "seed" in cfg and (problem := _seed_problem(cfg.seed)):
+        errors.insert(0, problem)
     if errors:
         raise ConfigError("invalid config values: " + "; ".join(errors))
 
@@ -204,11 +220,28 @@ def check_composition(cfg: DictConfig) -> None:
 
 def experiments_for(model_target: str) -> list[str]:
     """The packaged experiments (conf/experiment) whose model config builds ``model_target``."""
+    default = next(entry["model"] for entry in OmegaConf.load(Path(CONF_DIR, "train.yaml")).defaults
+                   if isinstance(entry, DictConfig) and "model" in entry)
     found = []
     for path in sorted(Path(CONF_DIR, "experiment").glob("*.yaml")):
-        for entry in OmegaConf.load(path).get("defaults") or []:
-            choice = entry.get("override /model") if isinstance(entry, DictConfig) else None
-            model_file = Path(CONF_DIR, "model", f"{choice}.yaml")
-            if choice and model_file.is_file() and OmegaConf.load(model_file).get("_target_") == model_target:
-                found.append(path.stem)
+        model_file = Path(CONF_DIR, "model", f"{_experiment_option(path.stem, 'model') or default}.yaml")
+        if model_file.is_file() and OmegaConf.load(model_file).get("_target_") == model_target:
+            found.append(path.stem)
     return found
+
+
+def experiments_setting(key: str) -> list[str]:
+    """The packaged experiments that set ``key`` (e.g. ``generator.ngf``) in their own body."""
+    return [path.stem for path in sorted(Path(CONF_DIR, "experiment").glob("*.yaml"))
+            if OmegaConf.select(OmegaConf.load(path), key) is not None]
+
+
+def _experiment_option(name: str, group: str) -> str | None:
+    """The option experiment ``name`` picks for ``group``, following the experiments it includes (None: none)."""
+    for entry in OmegaConf.load(Path(CONF_DIR, "experiment", f"{name}.yaml")).get("defaults") or []:
+        if isinstance(entry, DictConfig) and f"override /{group}" in entry:
+            return entry[f"override /{group}"]
+        if isinstance(entry, str) and Path(CONF_DIR, "experiment", f"{entry}.yaml").is_file():
+            if (included := _experiment_option(entry, group)) is not None:
+                return included
+    return None

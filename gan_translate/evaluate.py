@@ -222,8 +222,11 @@ def default_output(cfg: DictConfig) -> Path:
         # models/NAME/last.ckpt must not share models/eval/last_test.json).
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run / "eval" / f"{ckpt.stem}_{cfg.split}{'_' + cfg.direction if cfg.direction else ''}.json"
-    # In the working folder: beside pred_dir could be inside a dataset (pred_dir=horse2zebra/testA).
-    return Path(f"{Path(cfg.pred_dir).name}_vs_{Path(cfg.target_dir).name}_eval.json")
+    # In the working folder: beside pred_dir could be inside a dataset (pred_dir=horse2zebra/testA). The digest of
+    # both folders keeps runs/a/images and runs/b/images (against one target) apart; the same pair gets one file.
+    pred, target = Path(cfg.pred_dir).resolve(), Path(cfg.target_dir).resolve()
+    digest = hashlib.sha1(f"{pred}\n{target}".encode()).hexdigest()[:6]
+    return Path(f"{pred.name}_vs_{target.name}_{digest}_eval.json")
 
 
 def evaluate(cfg: DictConfig) -> dict:

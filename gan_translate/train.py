@@ -85,7 +85,7 @@ def absolute_data_root(cfg: DictConfig) -> None:
     if not isinstance(data, DictConfig) or "root" not in data or OmegaConf.is_missing(data, "root"):
         return
     root = data.root
-    if isinstance(root, str) and root and not os.path.isabs(root):
+    if isinstance(root, str) and root and not os.path.isabs(os.path.expanduser(root)):
         with open_dict(cfg):
             data.root = os.path.abspath(root)
 

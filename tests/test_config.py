@@ -253,6 +253,42 @@ def test_values_out_of_range_fail_before_training_naming_the_keys(tmp_path):
     check_value_types(compose_train([*TINY_OVERRIDES, "loss.lambda_l1=0", "seed=null", "optim.lr=1"], tmp_path))
 
 
+def test_the_value_check_leaves_valid_configs_alone(tmp_path, monkeypatch):
+    """Nested _target_ nodes (a tensor for a `float | Tensor` or `Tensor | None` parameter) are built by their own
+    target; a seed from the environment is a string of digits; `~` in data.root stays the home folder."""
+    from gan_translate.train import absolute_data_root
+
+    monkeypatch.setenv("SEED", "7")
+    cfg = compose_train([*TINY_OVERRIDES, "seed=${oc.env:SEED}", "+optim.lr._target_=torch.tensor",
+                         "+optim.lr.data=0.001"], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.loss_extra = {"_target_": "torch.nn.BCEWithLogitsLoss", "pos_weight": {"_target_": "torch.tensor",
+                                                                               "data": [2.0]}}
+    check_value_types(cfg)
+    cfg.data.root = "~/datasets/facades"
+    absolute_data_root(cfg)
+    assert cfg.data.root == "~/datasets/facades"  # expanded by the datamodule, as before
+    cfg.data.root = "datasets/facades"
+    absolute_data_root(cfg)
+    assert cfg.data.root == str(Path.cwd() / "datasets" / "facades")
+
+
+def test_annotated_types_bounds_of_user_classes_are_checked():
+    """ranges.py invites user classes to use annotated-types bounds: all four, grouped ones too, are enforced."""
+    import typing
+
+    import annotated_types
+
+    from gan_translate.config import _check_of, _problem
+
+    ratio = _check_of(typing.Annotated[float, annotated_types.Interval(ge=0, le=1)])
+    assert _problem(0.5, ratio, "model.ratio") is None
+    assert _problem(1.5, ratio, "model.ratio") == "model.ratio must be <= 1, got 1.5"
+    assert _problem(-1, ratio, "model.ratio") == "model.ratio must be >= 0, got -1"
+    below = _check_of(typing.Annotated[int, annotated_types.Lt(4)] | None)
+    assert _problem(None, below, "k") is None and _problem(4, below, "k") == "k must be < 4, got 4"
+
+
 @pytest.mark.parametrize("model", ["dcgan", "cgan", "infogan", "aae"])
 def test_a_noise_model_alone_names_its_experiments(model, tmp_path):
     """model=dcgan alone keeps the default facades data, which has no image_size: omegaconf's bare

@@ -227,7 +227,8 @@ def test_evaluate_folders_cli(tmp_path):
     elsewhere.mkdir()
     subprocess.run([sys.executable, "-m", "gan_translate.evaluate", f"pred_dir={pred}", f"target_dir={target}"],
                    check=True, cwd=elsewhere, capture_output=True)
-    assert json.loads((elsewhere / "pred_vs_target_eval.json").read_text())["num_images"] == 3
+    (report_file,) = elsewhere.glob("pred_vs_target_*_eval.json")
+    assert json.loads(report_file.read_text())["num_images"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "pred", "target", "work"]
 
 

@@ -96,8 +96,20 @@ def test_a_new_generator_without_the_experiments_width_key_is_told_which_key(tmp
 
     cfg = compose_train(TINY_OVERRIDES, tmp_path)
     cfg.generator = OmegaConf.create({"_target_": f"{__name__}._NarrowGenerator", "_partial_": True, "ngf": 32})
-    with pytest.raises(ConfigError, match=r"generator\.ngf=32: .*_NarrowGenerator takes no argument 'ngf'\. Drop it "
-                                        r"with '~generator\.ngf'.*'~experiment'"):
+    with pytest.raises(ConfigError, match=r"generator\.ngf=32: .*_NarrowGenerator takes no argument 'ngf': drop it "
+                                          r"with '~generator\.ngf'; the experiments demo, .* set it \('~experiment'"):
         build_model(cfg)
+    # A key no experiment sets (a typo of the user's): no word about experiments. A model's own key is named too,
+    # though Python's message names the base class whose __init__ took the keywords.
+    OmegaConf.set_struct(cfg, False)
     del cfg.generator.ngf
+    cfg.generator.widht = 8
+    with pytest.raises(ConfigError, match=r"generator\.widht=8: .* takes no argument 'widht': drop it with "
+                                          r"'~generator\.widht'$"):
+        build_model(cfg)
+    del cfg.generator.widht
+    cfg.model.foo = 1
+    with pytest.raises(ConfigError, match=r"model\.foo=1: gan_translate\.models\.pix2pix\.Pix2Pix takes no argument"):
+        build_model(cfg)
+    del cfg.model.foo
     assert isinstance(build_model(cfg).generator, _NarrowGenerator)

@@ -287,3 +287,4 @@ def test_linear_decay_follows_the_papers_rule():
     assert rates(200) == paper
     assert rates(1) == [1.0]
     assert rates(3) == pytest.approx([1.0, 1.0, 0.5])
+    assert rates(5) == pytest.approx([1.0, 1.0, 1.0, 2 / 3, 1 / 3])  # 3 constant (half of 5, rounded up) + 2

@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from gan_translate.losses import GANLoss
 from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns, square_columns
-from gan_translate.ranges import NonNegativeFloat
+from gan_translate.ranges import NonNegativeFloat, PositiveInt
 
 PRIORS = ("gaussian", "mixture10")
 RECONSTRUCTIONS = ("mse", "l1")
@@ -123,7 +123,7 @@ class AdversarialAutoencoder(GenerativeGAN):
         prior: str = "gaussian",
         supervised: bool = False,
         num_classes: int = 10,
-        num_samples: int = 64,
+        num_samples: PositiveInt = 64,
         max_scatter_points: int = 2000,
         **kwargs,
     ) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from gan_translate.callbacks import sample_grid
 from gan_translate.models.base import GANModule
+from gan_translate.ranges import PositiveInt
 
 LabelsArg = int | Sequence[int] | torch.Tensor | None
 
@@ -42,7 +43,7 @@ class GenerativeGAN(GANModule):
 
     def __init__(
         self, optimizer, scheduler=None, image_size: int = 28, channels: int = 1, num_classes: int = 0,
-        num_samples: int = 64, sample_seed: int = 0, **kwargs,
+        num_samples: PositiveInt = 64, sample_seed: int = 0, **kwargs,
     ) -> None:
         metrics = kwargs.get("metrics")
         if num_classes and not self.labels_are_classes and takes_argument(metrics, "num_codes"):

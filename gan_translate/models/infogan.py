@@ -31,7 +31,7 @@ from gan_translate.models.base import build_network, expect_loss
 from gan_translate.models.generative import GenerativeGAN, LabelsArg, as_grid, grid_columns
 from gan_translate.networks.dcgan import LatentCodeHead
 from gan_translate.networks.layers import one_hot
-from gan_translate.ranges import NonNegativeFloat
+from gan_translate.ranges import NonNegativeFloat, PositiveInt
 
 CONTINUOUS_LOSSES = ("gaussian", "mse")
 
@@ -105,7 +105,7 @@ class InfoGAN(GenerativeGAN):
         image_size: int = 28,
         channels: int = 1,
         noise_dim: int = 62,
-        categorical_dim: int = 10,
+        categorical_dim: PositiveInt = 10,
         continuous_dim: int = 2,
         q_hidden: int = 128,
         info_in_discriminator_step: bool = False,

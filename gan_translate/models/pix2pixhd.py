@@ -31,7 +31,7 @@ from gan_translate.losses import (
 )
 from gan_translate.models.base import GANModule, build_network, expect_loss
 from gan_translate.networks.pix2pixhd import FeatureEncoder, Pix2PixHDGenerator, label_ids
-from gan_translate.ranges import NonNegativeFloat
+from gan_translate.ranges import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,9 @@ class Pix2PixHD(GANModule):
         feat_num: int = 3,
         encoder_ngf: int = 16,
         encoder_downsampling: int = 4,
-        n_clusters: int = 10,
+        n_clusters: PositiveInt = 10,
         global_ckpt: str | None = None,
-        fix_global_epochs: int = 0,
+        fix_global_epochs: NonNegativeInt = 0,
         vgg_weights: str | None = None,
         vgg_normalize_input: bool = True,
         perceptual_network: Callable[[], nn.Module] | nn.Module | None = None,

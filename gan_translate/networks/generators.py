@@ -78,7 +78,7 @@ class UnetGenerator(nn.Module):
         self,
         input_nc: int,
         output_nc: int,
-        num_downs: int = 8,
+        num_downs: PositiveInt = 8,
         ngf: PositiveInt = 64,
         norm: str = "batch",
         dropout: float = 0.5,

@@ -128,7 +128,7 @@ class LocalEnhancer(nn.Module):
         ngf: PositiveInt = 64,
         n_downsample_global: int = 4,
         n_blocks_global: NonNegativeInt = 9,
-        n_local_enhancers: int = 1,
+        n_local_enhancers: PositiveInt = 1,
         n_blocks_local: NonNegativeInt = 3,
         norm: str = "instance",
         padding: str = "reflect",
@@ -380,7 +380,7 @@ class Pix2PixHDGenerator(nn.Module):
         input_nc: int = 3,
         instance: bool = False,
         feat_num: int = 0,
-        n_clusters: int = 10,
+        n_clusters: PositiveInt = 10,
     ) -> None:
         super().__init__()
         if not 0 <= label_nc <= MAX_LABEL_NC:
