@@ -101,12 +101,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def reshaped_keys(own: dict, state_dict: dict) -> list[str]:
+    """The keys of both state dicts whose tensors have other shapes (another width, another channel count)."""
+    return sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
+
+
 def load_state(model: GANModule, state_dict: dict, source: str) -> None:
     """``load_state_dict`` with an error that lists which keys differ or have other shapes."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    reshaped = reshaped_keys(own, state_dict)
     if missing or unexpected or reshaped:
         details = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)):

@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
-from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint
+from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint, reshaped_keys
 from gan_translate.config import CONF_DIR, check_composition, check_value_types
 from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
@@ -52,9 +52,7 @@ def check_resumable(ckpt_path: str, model: GANModule) -> None:
         same_method = isinstance(model, get_class(saved_class))
     except Exception:  # noqa: BLE001 - a class that cannot be imported here is another model
         same_method = False
-    shapes = model.state_dict()
-    resized = [key for key, value in checkpoint.get("state_dict", {}).items()
-               if key in shapes and tuple(value.shape) != tuple(shapes[key].shape)]
+    resized = reshaped_keys(model.state_dict(), checkpoint.get("state_dict", {}))
     if not same_method or resized:
         what = (f"it holds a {saved_class.rsplit('.', 1)[-1]}, this config builds a {type(model).__name__}"
                 if not same_method else

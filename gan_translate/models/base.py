@@ -152,14 +152,18 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
         raise NotImplementedError
 
     # ----- setup -----
+    @property
+    def uses_gradient_penalty(self) -> bool:
+        """Whether the configured loss adds the WGAN-GP penalty (a double backward through the discriminators)."""
+        return getattr(getattr(self, "loss", None), "uses_gradient_penalty", False)
+
     def configure_model(self) -> None:
-        # aot_autograd has no double backward, which the WGAN-GP penalty takes through the discriminators.
-        double_backward = getattr(getattr(self, "loss", None), "uses_gradient_penalty", False)
         for name, network in self.networks().items():
             if self.channels_last:
                 network.to(memory_format=torch.channels_last)
             if self.compile_networks:
-                if double_backward and name.startswith("discriminator"):
+                # aot_autograd has no double backward, which the WGAN-GP penalty takes through the discriminators.
+                if self.uses_gradient_penalty and name.startswith("discriminator"):
                     log.info("model.compile: %s stays eager (the gradient penalty needs double backward)", name)
                     continue
                 network.compile(mode=self.compile_mode)  # in place: state_dict keys stay unprefixed
@@ -372,7 +376,7 @@ class GANModule(NonFiniteLossPolicy, EvalNormMode, pl.LightningModule):
     def _warn_on_batch_norm_critic(self) -> None:
         # The WGAN-GP penalty holds each sample's gradient norm to 1, which assumes the critic scores every sample
         # on its own; batch norm mixes the samples of a batch (Gulrajani et al. leave it out of the critic).
-        if not getattr(getattr(self, "loss", None), "uses_gradient_penalty", False):
+        if not self.uses_gradient_penalty:
             return
         critics = [name for name, network in self.networks().items() if name.startswith("discriminator")
                    and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())]
