@@ -123,6 +123,49 @@ def load_state(model: GANModule, state_dict: dict, source: str) -> None:
     model.load_state_dict(state_dict)
 
 
+def initialise_from(model: GANModule, path: str | Path, modules: str | list[str] | None = None) -> list[str]:
+    """Fine-tuning (``init_from``): copy a checkpoint's weights into ``model``; optimizers, schedules, counters and
+    image pools stay those of the new run. ``modules``: the model's top-level networks to copy (``generator``,
+    ``discriminator_A`` ...), default every one that has parameters. Buffers outside the networks (the sample
+    grids' fixed noise) stay the new run's. Returns the names copied; an error names the key, the file and what
+    does not fit, before anything trains."""
+    networks = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+    if modules is None:
+        chosen = networks
+    else:
+        chosen = [modules] if isinstance(modules, str) else list(modules)
+        unknown = [name for name in chosen if name not in networks]
+        if unknown or not chosen:
+            raise ConfigError(f"init_modules={chosen}: {type(model).__name__} has the networks {networks}"
+                              + (f", not {unknown}" if unknown else "; name at least one"))
+    try:
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"init_from: {error}") from error
+    saved_class = checkpoint[CHECKPOINT_KEY]["model_class"].rsplit(".", 1)[-1]
+    source = f"init_from={path} (a {saved_class} checkpoint)"
+    state = checkpoint["state_dict"]
+    own = model.state_dict()
+    for name in chosen:
+        prefix = name + "."
+        theirs = {k: v for k, v in state.items() if k.startswith(prefix)}
+        ours = {k: v for k, v in own.items() if k.startswith(prefix)}
+        missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        reshaped = reshaped_keys(ours, theirs)
+        if not theirs or missing or unexpected or reshaped:
+            found = sorted({k.split(".", 1)[0] for k in state})
+            what = (f"has no {name} weights (it has {found})" if not theirs else "; ".join(
+                f"{label}: {len(keys)} keys, e.g. {keys[:3]}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+                if keys))
+            raise CheckpointError(
+                f"{source} does not fit this config's {type(model).__name__}.{name}: {what}. Build the same networks "
+                "as that run (its .hydra/overrides.yaml), or leave the network out with init_modules=[...]"
+            )
+        model.get_submodule(name).load_state_dict({k[len(prefix):]: v for k, v in theirs.items()})
+    return chosen
+
+
 def model_from_checkpoint(path: str | Path, expected: type[GANModule] | None = None) -> GANModule:
     """Rebuild the model of a run from its checkpoint alone, in eval mode on the CPU."""
     checkpoint = load_checkpoint(path)

@@ -4,7 +4,8 @@
 
 Runs the feature encoder over the training images (deterministic preprocessing: no random crop or flip),
 keeps one feature vector per instance, runs k-means per class (``n_clusters`` centres, fewer for a class with
-fewer distinct instances) and writes ``<checkpoint stem>-features.ckpt`` next to the checkpoint: the same
+fewer distinct instances) over the instances larger than ``min_area`` of their image (1/64, as pix2pixHD's
+encode_features: fragments would otherwise become centres that prediction draws from) and writes ``<checkpoint stem>-features.ckpt`` next to the checkpoint: the same
 checkpoint with the cluster centres filled in. Predicting from that file draws one cluster per instance, so
 repeated predictions give different plausible outputs (``Pix2PixHDGenerator.cluster_choice`` fixes one).
 """
@@ -54,8 +55,9 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 100, seed: int = 0) -
 
 @torch.no_grad()
 def instance_features(model: Pix2PixHD, loader, device: torch.device, max_images: int | None = None):
-    """(features R x feat_num, classes R) of every instance of the images in ``loader``."""
-    features, classes, seen = [], [], 0
+    """(features R x feat_num, classes R, areas R) of every instance of the images in ``loader``; an area is the
+    instance's fraction of its image."""
+    features, classes, areas, seen = [], [], [], 0
     n_classes = model.generator.cluster_centres.size(0)
     for batch in loader:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -66,10 +68,11 @@ def instance_features(model: Pix2PixHD, loader, device: torch.device, max_images
         per_region = flat.new_zeros(count, flat.size(1)).index_copy_(0, index.flatten(), flat)  # equal within one
         features.append(per_region.cpu())
         classes.append(region_classes(index, count, ids, n_classes).cpu())
+        areas.append((torch.bincount(index.flatten(), minlength=count) / index[0].numel()).cpu())
         seen += batch["B"].size(0)
         if max_images is not None and seen >= max_images:
             break
-    return torch.cat(features), torch.cat(classes)
+    return torch.cat(features), torch.cat(classes), torch.cat(areas)
 
 
 def encode_features(cfg: DictConfig) -> Path:
@@ -89,18 +92,28 @@ def encode_features(cfg: DictConfig) -> Path:
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     device = _resolve_device(cfg.device)
     model.to(device)
-    features, classes = instance_features(model, loader, device, cfg.max_images)
+    features, classes, areas = instance_features(model, loader, device, cfg.max_images)
 
     n_clusters = cfg.n_clusters or model.generator.cluster_centres.size(1)
     n_classes, feat_num = model.generator.cluster_centres.shape[0], features.size(1)
     centres = torch.zeros(n_classes, n_clusters, feat_num)
     counts = torch.zeros(n_classes, dtype=torch.long)
+    large = areas > cfg.min_area
+    fallback = []
     for class_id in classes.unique().tolist():
-        class_centres = kmeans(features[classes == class_id], n_clusters, seed=cfg.seed)
+        members = classes == class_id
+        if (members & large).any():
+            members &= large
+        else:  # only small instances: clustered all the same, so that the class gets centres
+            fallback.append(class_id)
+        class_centres = kmeans(features[members], n_clusters, seed=cfg.seed)
         centres[class_id, : len(class_centres)] = class_centres
         counts[class_id] = len(class_centres)
-    log.info("%d instances of %d classes -> %d cluster centres", len(features), int((counts > 0).sum()),
-             int(counts.sum()))
+    log.info("%d instances of %d classes (%d of them larger than min_area=%g of their image) -> %d cluster centres",
+             len(features), int((counts > 0).sum()), int(large.sum()), cfg.min_area, int(counts.sum()))
+    if fallback:
+        log.info("classes %s have no instance larger than min_area: all of their instances were clustered",
+                 fallback)
 
     checkpoint = load_checkpoint(cfg.ckpt_path)
     checkpoint["state_dict"]["generator.cluster_centres"] = centres

@@ -57,10 +57,13 @@ def gradient_penalty(
     real: torch.Tensor,
     fake: torch.Tensor,
     target_norm: float = 1.0,
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """WGAN-GP: (||grad_x D(x)||_2 - target_norm)^2 at random interpolates of real and fake samples.
 
-    Computed in fp32 even inside a mixed-precision autocast region: fp16 input gradients underflow
+    A ``discriminator`` that returns a list of score maps (one per scale of a multi-scale D) is several critics:
+    each gets its own penalty, summed like their GAN losses, or averaged with ``reduction="mean"`` (a penalty on
+    the summed scores would constrain only their sum's gradient). Computed in fp32 even inside a mixed-precision autocast region: fp16 input gradients underflow
     (the GradScaler only scales the final loss, not this inner ``autograd.grad``) and bf16 ones are too
     coarse for a norm; the extra cost is one D pass of one batch.
     """
@@ -69,9 +72,12 @@ def gradient_penalty(
     with torch.autocast(real.device.type, enabled=False):
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         scores = discriminator(mixed)
-        (grads,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
-        norms = grads.flatten(1).norm(2, dim=1)
-        return ((norms - target_norm) ** 2).mean()
+        critics = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+        penalty = mixed.new_zeros(())
+        for critic_scores in critics:
+            (grads,) = torch.autograd.grad(critic_scores.float().sum(), mixed, create_graph=True, retain_graph=True)
+            penalty = penalty + ((grads.flatten(1).norm(2, dim=1) - target_norm) ** 2).mean()
+        return penalty / len(critics) if reduction == "mean" else penalty
 
 
 # ----- multi-scale discriminators and feature losses (pix2pixHD, Wang et al. 2018) -----

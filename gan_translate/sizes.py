@@ -105,7 +105,7 @@ def check_training_sizes(model, datamodule) -> None:
         check_image_size(networks, size, f"training images ({origin})", _data_fix(keys, combined, datamodule))
         return
     preprocess = getattr(datamodule, "preprocess", None)
-    kept = ("scales each file to data.crop_size wide, keeping its aspect ratio" if preprocess == "scale_width"
+    kept = ("scales each file to data.load_size wide, keeping its aspect ratio" if preprocess == "scale_width"
             else "keeps each file's size")
     def fix(measured: tuple[int, int]) -> str:
         return (f"train on crops of one size: data.preprocess=resize_and_crop (or crop) with "
@@ -184,11 +184,12 @@ def _origin(datamodule, size: tuple[int, int]) -> tuple[str, list[tuple[str, int
     source_keys = [(key, value) for key, value in source_keys if value is not None]
     if source_keys:
         source_text += f" ({', '.join(f'{key}={value}' for key, value in source_keys)})"
-    rounded = size[1] != crop if preprocess == "scale_width" else tuple(size) != tuple(source or size)
+    load = getattr(datamodule, "load_size", None)
+    rounded = size[1] != load if preprocess == "scale_width" else tuple(size) != tuple(source or size)
     rounding = f", sides rounded down to multiples of {MAKE_DIVISIBLE}" if rounded else ""
     if preprocess == "scale_width":
-        return (f"data.preprocess=scale_width to data.crop_size={crop} wide, {source_text}{rounding}",
-                [("data.crop_size", crop)])
+        return (f"data.preprocess=scale_width to data.load_size={load} wide, {source_text}{rounding}",
+                [("data.load_size", load)])
     return f"data.preprocess={preprocess}, {source_text}{rounding}", source_keys
 
 
@@ -284,5 +285,5 @@ def train_size_from_config(data: dict) -> int | None:
     if size is None:
         return None
     if preprocess == "scale_width":
-        size = data.get("crop_size", size)
+        size = data.get("load_size", size)
     return max(MAKE_DIVISIBLE, size // MAKE_DIVISIBLE * MAKE_DIVISIBLE)

@@ -17,7 +17,13 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
 from gan_translate.callbacks import ValidationHistory
-from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoint, reshaped_keys
+from gan_translate.checkpoint import (
+    CheckpointError,
+    build_model,
+    initialise_from,
+    load_checkpoint,
+    reshaped_keys,
+)
 from gan_translate.config import CONF_DIR, check_composition, check_value_types
 from gan_translate.errors import usage_errors_as_messages
 from gan_translate.known_warnings import silence_known_warnings
@@ -88,6 +94,14 @@ def absolute_data_root(cfg: DictConfig) -> None:
             data.root = os.path.abspath(root)
 
 
+def absolute_init_from(cfg: DictConfig) -> None:
+    """``init_from`` as an absolute path in the config the checkpoints keep (where the run's weights came from)."""
+    path = cfg.get("init_from")
+    if isinstance(path, str) and path:
+        with open_dict(cfg):
+            cfg.init_from = os.path.abspath(os.path.expanduser(path))
+
+
 def choose_monitor(cfg: DictConfig) -> str | None:
     """Resolve ``monitor.metric=auto`` in ``cfg`` (see conf/train.yaml); returns the metric, or None when no
     metric fit for picking checkpoints is available (then only last.ckpt and periodic checkpoints are kept)."""
@@ -128,6 +142,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     check_composition(cfg)  # data.root=??? left out; model=dcgan alone (the default data has no image_size)
     check_value_types(cfg)  # model.step_graph=flase would otherwise be a true string
     absolute_data_root(cfg)
+    absolute_init_from(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     metric = choose_monitor(cfg)
@@ -137,6 +152,12 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> 
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume"), cfg.paths.output_dir)
     if ckpt_path:
         check_resumable(ckpt_path, model)
+        if cfg.get("init_from"):  # a re-submitted fine-tune continues its own run; its start came from init_from
+            log.info("init_from=%s not applied: continuing from %s", cfg.init_from, ckpt_path)
+    elif cfg.get("init_from"):
+        copied = initialise_from(model, cfg.init_from, cfg.get("init_modules"))
+        log.info("%s initialised from init_from=%s; optimizers, schedules and counters start fresh",
+                 ", ".join(copied), cfg.init_from)
     history = ValidationHistory()
     callbacks = [*instantiate_all(cfg.get("callbacks")), history, RandomStateCheckpoint(), *(extra_callbacks or [])]
     loggers = instantiate_all(cfg.get("logger"))

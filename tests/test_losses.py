@@ -86,6 +86,21 @@ def test_gradient_penalty_of_linear_critic(scale):
     assert gradient_penalty(critic, real, fake).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_gradient_penalty_of_a_multiscale_critic_penalises_each_scale():
+    """Two linear critics (two scales): (||w1|| - 1)^2 + (||w2|| - 1)^2, not the penalty of their sum."""
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4) * 0.1
+    first, second = LinearCritic(w1.clone()), LinearCritic(w2.clone())
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    expected = (w1.norm().item() - 1.0) ** 2 + (w2.norm().item() - 1.0) ** 2
+    penalty = gradient_penalty(lambda x: [first(x), second(x)], real, fake)
+    assert penalty.item() == pytest.approx(expected, rel=1e-5)
+    averaged = gradient_penalty(lambda x: [first(x), second(x)], real, fake, reduction="mean")
+    assert averaged.item() == pytest.approx(expected / 2, rel=1e-5)  # loss.gan_reduction=mean
+    penalty.backward()
+    assert first.weight.grad is not None and second.weight.grad is not None
+
+
 def test_gradient_penalty_trains_the_critic():
     torch.manual_seed(0)
     critic = LinearCritic(torch.randn(1, 3, 4, 4))

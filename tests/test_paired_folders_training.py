@@ -12,7 +12,9 @@ from PIL import Image
 from gan_translate.data import PairedFoldersDataModule
 from gan_translate.train import train
 
-# 40 wide, 80 high: scale_width to 32 gives 32 x 64, which the 5-level U-Net (multiples of 32) takes as it is.
+# 40 wide, 80 high: scale_width to data.load_size=32 gives 32 x 64, which the 5-level U-Net (multiples of 32) takes
+# as it is, also with data.crop_size=40 (which scale_width does not use); scale_width_and_crop scales to 40, then
+# crops 32.
 WIDTH, HEIGHT = 40, 80
 
 
@@ -28,16 +30,17 @@ def write_paired_folders(root, counts={"train": 4, "val": 2}) -> None:  # noqa: 
 
 
 @pytest.mark.parametrize(
-    ("preprocess", "train_shape", "val_shape"),
-    [("scale_width", (64, 32), (64, 32)), ("scale_width_and_crop", (32, 32), (32, 32))],
+    ("preprocess", "load_size", "train_shape", "val_shape"),
+    [("scale_width", 32, (64, 32), (64, 32)), ("scale_width_and_crop", 40, (32, 32), (32, 32))],
     ids=["scale_width", "scale_width_and_crop"],
 )
-def test_paired_folders_trains_with_scale_width(tmp_path, preprocess, train_shape, val_shape):
+def test_paired_folders_trains_with_scale_width(tmp_path, preprocess, load_size, train_shape, val_shape):
     root = tmp_path / "pairs"
     write_paired_folders(root)
-    overrides = [o for o in on_disk(TINY_OVERRIDES) if not o.startswith("data.batch_size")]
+    overrides = [o for o in on_disk(TINY_OVERRIDES) if not o.startswith(("data.batch_size", "data.load_size", "data.crop_size"))]
     overrides += ["data=paired_folders", f"data.root={root}", f"data.preprocess={preprocess}",
-                  "data.load_size=40", "data.batch_size=2", "callbacks.samples=null"]
+                  f"data.load_size={load_size}", f"data.crop_size={40 if preprocess == 'scale_width' else 32}",
+                  "data.batch_size=2", "callbacks.samples=null"]
     cfg = compose_train(overrides, tmp_path / "run")
 
     datamodule = instantiate(cfg.data)

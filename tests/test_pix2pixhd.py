@@ -21,7 +21,7 @@ from gan_translate.checkpoint import CheckpointError, build_model, load_checkpoi
 from gan_translate.data.datasets import DataError
 from gan_translate.data.labels import LabelFoldersDataset, SyntheticLabelFacades
 from gan_translate.data.transforms import build_transform
-from gan_translate.encode_features import encode_features, kmeans
+from gan_translate.encode_features import encode_features, instance_features, kmeans
 from gan_translate.losses import FeatureMatchingLoss, GANLoss, MultiscaleGANLoss, VGGLoss
 from gan_translate.models.pix2pixhd import Pix2PixHD
 from gan_translate.networks.generators import ResnetBlock
@@ -528,3 +528,31 @@ def test_a_frozen_g1_without_a_stage1_checkpoint_is_refused(tmp_path):
     with pytest.raises(InstantiationException, match=r"model\.global_ckpt is unset.*model\.fix_global_epochs=0"):
         build_model(cfg)
     assert isinstance(build_model(compose_train([*TINY_HD, *LOCAL, "model.fix_global_epochs=0"], tmp_path)), Pix2PixHD)
+
+
+def test_encode_features_clusters_only_instances_larger_than_min_area(tmp_path):
+    """pix2pixHD's rule: instances of at most 1/64 of their image stay out of k-means (a class whose instances
+    are all small is clustered from all of them). With one centre per class, a centre is the mean of the kept
+    instances' features."""
+
+    run = tmp_path / "run"
+    train(compose_train([*TINY_HD, "model.feature_encoder=true", "model.encoder_downsampling=2"], run))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    model = model_from_checkpoint(ckpt, expected=Pix2PixHD)
+    datamodule = instantiate(OmegaConf.create(model.run_config).data)
+    loader = torch.utils.data.DataLoader(datamodule.make_dataset("train", train=False), batch_size=1)
+    features, classes, areas = instance_features(model, loader, torch.device("cpu"))
+    assert torch.allclose(areas.sum(), torch.tensor(float(len(loader))))  # every pixel in one instance
+    min_area = float(areas.median())  # some instances on either side of the threshold
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("encode_features", overrides=[f"ckpt_path={ckpt}", "device=cpu", "n_clusters=1",
+                                                    f"min_area={min_area}", f"output={tmp_path / 'f.ckpt'}"])
+    centres = load_checkpoint(encode_features(cfg))["state_dict"]["generator.cluster_centres"]
+    filtered_any = False
+    for class_id in classes.unique().tolist():
+        members = classes == class_id
+        kept = members & (areas > min_area)
+        filtered_any |= bool(kept.any() and (members & ~kept).any())
+        expected = features[kept if kept.any() else members].double().mean(0).float()
+        torch.testing.assert_close(centres[class_id, 0], expected, rtol=1e-4, atol=1e-5)
+    assert filtered_any  # the threshold left some instances of a clustered class out

@@ -292,8 +292,8 @@ def test_train_image_size_matches_the_loader(tmp_path, preprocess, expected):
 
 @pytest.mark.parametrize(("preprocess", "size", "crop"), [("none", 30, 32), ("scale_width", 40, 22), ("crop", 40, 24)])
 def test_synthetic_train_image_size_matches_the_loader(preprocess, size, crop):
-    datamodule = SyntheticFacadesDataModule(size=size, train_length=1, preprocess=preprocess, crop_size=crop,
-                                            num_workers=0)
+    datamodule = SyntheticFacadesDataModule(size=size, train_length=1, preprocess=preprocess, load_size=crop,
+                                            crop_size=crop, num_workers=0)
     datamodule.setup("fit")
     assert datamodule.train_image_size() == tuple(datamodule.train_set[0]["A"].shape[-2:])
 
@@ -354,6 +354,7 @@ def test_translator_size_policy_errors():
 def test_train_size_from_config():
     assert train_size_from_config({"preprocess": "resize_and_crop", "load_size": 286, "crop_size": 256}) == 256
     assert train_size_from_config({"preprocess": "none", "size": 30}) == 28  # rounded as in training
-    assert train_size_from_config({"preprocess": "scale_width", "size": 64, "crop_size": 32}) == 32
+    # scale_width scales to load_size (the reference's rule), whatever crop_size says.
+    assert train_size_from_config({"preprocess": "scale_width", "size": 64, "load_size": 32, "crop_size": 64}) == 32
     assert train_size_from_config({"preprocess": "none", "root": "photos"}) is None  # the files' own sizes
-    assert train_size_from_config({"preprocess": "scale_width", "root": "photos", "crop_size": 256}) is None
+    assert train_size_from_config({"preprocess": "scale_width", "root": "photos", "load_size": 256}) is None

@@ -113,7 +113,8 @@ def build_transform(
     elif preprocess == "crop":
         steps.append(crop)
     elif preprocess == "scale_width":
-        steps.append(ScaleWidth(crop_size))
+        # To load_size, as the reference repos do (pix2pixHD: loadSize=1024, fineSize=512 trains 1024 wide).
+        steps.append(ScaleWidth(load_size))
     elif preprocess == "scale_width_and_crop":
         steps += [ScaleWidth(load_size), crop]  # evaluation at training's scale: a wide image's height fits the crop
     if preprocess in ("none", "scale_width"):

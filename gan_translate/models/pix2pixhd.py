@@ -241,8 +241,8 @@ class Pix2PixHD(GANModule):
             losses = {"loss_D": loss_d}
             if self.loss.uses_gradient_penalty:
                 losses["loss_D_GP"] = self.loss.lambda_gp * gradient_penalty(
-                    lambda x: torch.stack([s.float().sum() for s in multiscale_scores(self.discriminator(x))]),
-                    real_pair, fake_pair,
+                    lambda x: multiscale_scores(self.discriminator(x)),  # one penalty per scale's critic
+                    real_pair, fake_pair, reduction=self.loss.gan.reduction,
                 )
                 loss_d = loss_d + losses["loss_D_GP"]
             self.optimization_step(opt_d, loss_d, losses)
