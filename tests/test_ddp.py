@@ -142,3 +142,29 @@ def test_hydra_multirun_with_ddp_cpu(tmp_path):
         assert checkpoint.is_file()
         model = model_from_checkpoint(checkpoint)
         assert model.loss.lambda_l1 == (50.0 if job == "0" else 100.0)
+
+
+def test_pix2pixhd_stage2_with_a_frozen_g1_ddp_cpu_two_processes(tmp_path):
+    """pix2pixHD's stage 2 under DDP: every rank loads G1 from the stage-1 file, G1 stays frozen in epoch 0 (its
+    requires_grad switched after DDP wrapped the model) and trains in epoch 1; the ranks end identical."""
+    from conftest import compose_train
+    from test_pix2pixhd import LOCAL, TINY_HD
+
+    stage1 = tmp_path / "stage1"
+    train(compose_train(TINY_HD, stage1))
+    probe_dir = tmp_path / "probe"
+    cfg = compose_train([*TINY_HD, *LOCAL, f"model.global_ckpt={stage1 / 'checkpoints/last.ckpt'}",
+                         "model.fix_global_epochs=1", "trainer.max_epochs=2", "trainer=ddp_cpu",
+                         "+callbacks.probe._target_=test_ddp.RankProbe", f"+callbacks.probe.out_dir={probe_dir}"],
+                        tmp_path / "run")
+    train(cfg)
+    ranks = [torch.load(probe_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    check_synchronised_training(ranks)
+    stage1_weights = torch.load(stage1 / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    # G1 is generator.network.features.* in stage 1 and generator.network.global_features.* in stage 2.
+    g1 = {n: n.replace("network.global_features.", "network.features.", 1)
+          for n in ranks[0]["params"] if n.startswith("generator.network.global_features.")}
+    assert g1 and all(source in stage1_weights for source in g1.values())
+    for rank in ranks:  # both ranks started from stage 1's G1, and G1 trained once unfrozen
+        assert all(torch.equal(rank["initial"][n], stage1_weights[source]) for n, source in g1.items())
+        assert any(not torch.equal(rank["params"][n], rank["initial"][n]) for n in g1)
